@@ -1,0 +1,1 @@
+"""pagedc.passes: ONNX -> ONNX rewrites on onnx_ir."""

@@ -1,0 +1,1 @@
+"""pagedc.runtime: runs compiled paged models (block manager, sessions, engine)."""
