@@ -1,0 +1,34 @@
+"""The `pagedc` command line.
+
+Exit codes: 0 ok, 1 failure (a model pagedc cannot handle, a failed check),
+2 usage (bad options, missing files). Results go to stdout, progress and
+diagnostics to stderr; user mistakes never show a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from pagedc import __version__
+from pagedc.inspect_cmd import inspect_command
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@click.group(context_settings=CONTEXT_SETTINGS)
+@click.version_option(__version__, "--version", prog_name="pagedc")
+@click.option("-v", "--verbose", is_flag=True, help="Log what each stage does to stderr.")
+def main(verbose: bool) -> None:
+    """Rewrite an ONNX LLM decoder with a dense KV cache into paged attention.
+
+    \b
+    Examples:
+      pagedc inspect model.onnx           # list the KV-cache attention layers
+      pagedc inspect model.onnx --json    # the same, for scripts
+    """
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="pagedc: %(message)s")
+
+
+main.add_command(inspect_command)

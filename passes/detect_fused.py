@@ -1,0 +1,128 @@
+"""Forms B, C, D: one attention op per layer that takes past_key / past_value inputs.
+
+    B  com.microsoft.GroupQueryAttention(query, key, value, past_key, past_value,
+           seqlens_k, total_sequence_length, cos_cache, sin_cache[, position_ids, attention_bias, head_sink])
+           -> (output, present_key, present_value)        (onnxruntime-genai's model builder)
+    C  Attention(Q, K, V[, attn_mask, past_key, past_value]) -> (Y, present_key, present_value)   (ONNX opset 23/24)
+    D  com.microsoft.MultiHeadAttention(query, key, value, bias, key_padding_mask, attention_bias,
+           past_key, past_value) -> (output, present_key, present_value)                 (ORT fusions)
+
+past/present are `[B, Hkv, P|T, Dh]` in all three.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx_ir as ir
+
+from pagedc.passes import graph_walk as gw
+from pagedc.passes import site_facts
+from pagedc.passes.site import AttentionSite, Miss
+
+
+@dataclass(frozen=True)
+class _OpForm:
+    form: str
+    past_key_index: int  # input index of past_key; past_value follows it
+    mask_index: int | None  # input index of an additive/boolean mask, if the op has one
+
+
+_OP_FORMS = {
+    ("com.microsoft", "GroupQueryAttention"): _OpForm("gqa", 3, 10),
+    ("", "Attention"): _OpForm("attention", 4, 3),
+    ("com.microsoft", "MultiHeadAttention"): _OpForm("mha", 6, 5),
+}
+
+
+def find_fused_sites(graph: ir.Graph, claimed: set[str]) -> tuple[list[AttentionSite], list[Miss]]:
+    sites: list[AttentionSite] = []
+    misses: list[Miss] = []
+    for position, node in enumerate(graph):
+        op_form = _OP_FORMS.get((_domain(node), node.op_type))
+        if op_form is None:
+            continue
+        past_key, past_value = _input(node, op_form.past_key_index), _input(node, op_form.past_key_index + 1)
+        if past_key is None and past_value is None:
+            continue  # attention without a KV cache (e.g. an encoder): not a site
+        problem = _past_problem(node, past_key, past_value)
+        if problem:
+            misses.append(Miss(node.name or node.op_type, problem))
+            continue
+        sites.append(_site(node, op_form, past_key, past_value, position))
+    return sites, misses
+
+
+def _domain(node: ir.Node) -> str:
+    return "" if node.domain == "ai.onnx" else node.domain
+
+
+def _input(node: ir.Node, index: int) -> ir.Value | None:
+    return node.inputs[index] if index < len(node.inputs) else None
+
+
+def _past_problem(node: ir.Node, past_key: ir.Value | None, past_value: ir.Value | None) -> str | None:
+    if past_key is None or past_value is None:
+        return f"{node.op_type} has only one of past_key / past_value"
+    for past in (past_key, past_value):
+        if not past.is_graph_input():
+            return f"{node.op_type}'s past input '{past.name}' is computed in the graph, not a graph input"
+    if len(node.outputs) < 3 or not node.outputs[1].name or not node.outputs[2].name:
+        return f"{node.op_type} has past inputs but no present_key/present_value outputs"
+    return None
+
+
+def _site(node: ir.Node, op_form: _OpForm, past_key: ir.Value, past_value: ir.Value, position: int) -> AttentionSite:
+    num_heads, num_kv_heads = _heads(node, op_form.form, past_key)
+    head_dim = gw.static_dim(past_key, 3)
+    return AttentionSite(
+        layer=-1,
+        form=op_form.form,
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
+        head_dim=head_dim,
+        rotary=_rotary(node, op_form.form),
+        mask=_mask(node, op_form),
+        past_key=past_key.name,
+        past_value=past_value.name,
+        present_key=node.outputs[1].name,
+        present_value=node.outputs[2].name,
+        graph_position=position,
+        nodes={"op": node},
+    )
+
+
+def _int_attr(node: ir.Node, name: str, default: int | None = None) -> int | None:
+    attr = node.attributes.get(name)
+    return attr.as_int() if attr is not None else default
+
+
+def _heads(node: ir.Node, form: str, past_key: ir.Value) -> tuple[int | None, int | None]:
+    if form == "gqa":
+        return _int_attr(node, "num_heads"), _int_attr(node, "kv_num_heads")
+    if form == "mha":
+        heads = _int_attr(node, "num_heads")
+        return heads, gw.static_dim(past_key, 1) or heads
+    return _int_attr(node, "q_num_heads"), _int_attr(node, "kv_num_heads")
+
+
+def _rotary(node: ir.Node, form: str) -> str:
+    if form == "gqa" and _int_attr(node, "do_rotary", 0):
+        has_positions = _input(node, 9) is not None
+        source = "position_ids" if has_positions else "seqlens_k"
+        return f"inside GroupQueryAttention (do_rotary=1), positions from {source}"
+    key = _input(node, 1)
+    return site_facts.rotary_of(key) if key is not None else "none"
+
+
+def _mask(node: ir.Node, op_form: _OpForm) -> str:
+    mask = _input(node, op_form.mask_index) if op_form.mask_index is not None else None
+    if op_form.form == "gqa":
+        if mask is not None:
+            return f"other: attention_bias input '{mask.name}'"
+        window = _int_attr(node, "local_window_size", -1)
+        return f"sliding window {window}" if window and window > 0 else "causal"
+    if mask is not None:
+        return site_facts.classify_mask(mask)
+    causal = _int_attr(node, "is_causal" if op_form.form == "attention" else "unidirectional", 0)
+    return "causal" if causal else f"other: {node.op_type} without a mask and not causal"

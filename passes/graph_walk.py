@@ -1,0 +1,118 @@
+"""Small read-only walks over an onnx_ir graph, used by attention-site detection.
+
+Detection matches structure, not names: it starts at a dense-KV graph input and
+walks consumers or producers through ops that only move data around (Reshape,
+Transpose, repeat-kv's Unsqueeze/Expand, casts, the attention scale) until it
+reaches the op that does the work (MatMul, Softmax, an attention op).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+
+import onnx_ir as ir
+
+# Ops between a KV tensor and the MatMul that consumes it in exported decoders:
+# repeat-kv (Unsqueeze -> Expand -> Reshape, or Tile), Kᵀ (Transpose, or
+# dynamo's Reshape -> Transpose -> Reshape), casts, and a scale split over Q and Kᵀ.
+LAYOUT_OPS = frozenset(
+    {"Unsqueeze", "Squeeze", "Expand", "Reshape", "Transpose", "Tile", "Cast", "Identity", "Mul", "Div"}
+)
+
+# Ops between the QKᵀ MatMul and Softmax: scale, mask add, NaN/-inf guards, casts.
+SCORE_OPS = frozenset({"Mul", "Div", "Add", "Sub", "Where", "Cast", "Identity", "Slice", "Max", "Min"})
+
+# Ops between Softmax and the probs·V MatMul: casts, fully-masked-row guards, dropout.
+PROBS_OPS = frozenset({"Cast", "Where", "Identity", "Dropout", "Mul", "Slice"})
+
+
+def consumers(value: ir.Value) -> list[ir.Node]:
+    return [node for node, _ in value.uses()]
+
+
+def walk_down(start: ir.Value, targets: set[str], through: Iterable[str], max_depth: int = 8) -> list[ir.Node]:
+    """Target-op nodes reachable from `start` through `through` ops only (breadth first)."""
+    through = frozenset(through)
+    found: list[ir.Node] = []
+    seen: set[int] = set()
+    queue = deque([(start, 0)])
+    while queue:
+        value, depth = queue.popleft()
+        for node in consumers(value):
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            if node.op_type in targets:
+                found.append(node)
+            elif node.op_type in through and depth < max_depth:
+                queue.extend((out, depth + 1) for out in node.outputs)
+    return found
+
+
+def walk_up(start: ir.Value, targets: set[str], through: Iterable[str], max_depth: int = 8) -> list[ir.Node]:
+    """Target-op nodes that produce `start` through `through` ops only (breadth first)."""
+    through = frozenset(through)
+    found: list[ir.Node] = []
+    seen: set[int] = set()
+    queue = deque([(start, 0)])
+    while queue:
+        value, depth = queue.popleft()
+        node = value.producer()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if node.op_type in targets:
+            found.append(node)
+        elif node.op_type in through and depth < max_depth:
+            queue.extend((inp, depth + 1) for inp in node.inputs if inp is not None)
+    return found
+
+
+def ancestors(value: ir.Value, stop: set[int] | None = None, max_nodes: int = 5000) -> list[ir.Node]:
+    """Every node `value` depends on (bounded), nearest first."""
+    result: list[ir.Node] = []
+    seen: set[int] = set(stop or ())
+    queue = deque([value])
+    while queue and len(result) < max_nodes:
+        node = queue.popleft().producer()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        result.append(node)
+        queue.extend(inp for inp in node.inputs if inp is not None)
+    return result
+
+
+def graph_inputs_reached(value: ir.Value, graph: ir.Graph) -> set[str]:
+    """Names of the graph inputs that `value` depends on."""
+    names = {v.name for v in graph.inputs}
+    reached = {inp.name for inp in _inputs_of(value) if inp.name in names}
+    return reached
+
+
+def _inputs_of(value: ir.Value) -> Iterable[ir.Value]:
+    if value.is_graph_input():
+        yield value
+    for node in ancestors(value):
+        for inp in node.inputs:
+            if inp is not None and inp.is_graph_input():
+                yield inp
+
+
+def const_ints(value: ir.Value | None) -> list[int] | None:
+    """The integer contents of a small constant (initializer or Constant node), else None."""
+    if value is None:
+        return None
+    tensor = ir.convenience.get_const_tensor(value)
+    if tensor is None or tensor.size > 64:
+        return None
+    return [int(x) for x in tensor.numpy().reshape(-1)]
+
+
+def static_dim(value: ir.Value, axis: int) -> int | None:
+    shape = value.shape
+    if shape is None or len(shape) <= abs(axis) - (1 if axis < 0 else 0):
+        return None
+    dim = shape[axis]
+    return dim if isinstance(dim, int) else None

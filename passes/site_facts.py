@@ -1,0 +1,151 @@
+"""Facts about one attention layer read off the graph: heads, rotary, mask kind.
+
+All three are read from structure and static shapes (weights' shapes, never
+their values), so a multi-GB model is inspected without loading its weights.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import onnx_ir as ir
+
+from pagedc.passes import graph_walk as gw
+
+PROJECTION_OPS = frozenset({"MatMul", "Gemm", "MatMulNBits", "MatMulInteger"})
+COMPARE_OPS = frozenset({"Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Trilu"})
+
+
+def projection_width(node: ir.Node) -> int | None:
+    """Output features of a projection node (MatMul/Gemm/MatMulNBits with a weight), else None."""
+    if node.op_type == "MatMulNBits":
+        attr = node.attributes.get("N")
+        return attr.as_int() if attr is not None else None
+    weight, is_transposed = _weight_operand(node)
+    if weight is None or weight.shape is None or len(weight.shape) != 2:
+        return None
+    trans_b = node.op_type == "Gemm" and "transB" in node.attributes and node.attributes["transB"].as_int()
+    dim = weight.shape[0] if (trans_b or is_transposed) else weight.shape[1]
+    return dim if isinstance(dim, int) else None
+
+
+def _weight_operand(node: ir.Node) -> tuple[ir.Value | None, bool]:
+    """The constant weight of a projection and whether it enters through a Transpose ([out, in])."""
+    if node.op_type not in PROJECTION_OPS or len(node.inputs) < 2 or node.inputs[1] is None:
+        return None, False
+    weight = node.inputs[1]
+    producer = weight.producer()
+    if producer is not None and producer.op_type == "Transpose" and _is_constant(producer.inputs[0]):
+        return producer.inputs[0], True
+    return (weight, False) if _is_constant(weight) else (None, False)
+
+
+def _is_constant(value: ir.Value | None) -> bool:
+    if value is None:
+        return False
+    if value.is_initializer() or value.const_value is not None:
+        return True
+    producer = value.producer()
+    return producer is not None and producer.op_type == "Constant"
+
+
+def is_projection(node: ir.Node) -> bool:
+    return node.op_type in PROJECTION_OPS and projection_width(node) is not None
+
+
+def local_ancestors(value: ir.Value, max_nodes: int = 400) -> list[ir.Node]:
+    """Nodes `value` depends on within its own layer.
+
+    The walk stops at projections (the previous layer lies behind them) and at
+    Shape (only the shape of its input is used), so it stays local and cheap.
+    """
+    result: list[ir.Node] = []
+    seen: set[int] = set()
+    queue = deque([value])
+    while queue and len(result) < max_nodes:
+        node = queue.popleft().producer()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        result.append(node)
+        if is_projection(node) or node.op_type in ("Shape", "Size"):
+            continue
+        queue.extend(inp for inp in node.inputs if inp is not None)
+    return result
+
+
+def _inputs_reached(nodes: list[ir.Node]) -> set[str]:
+    return {inp.name for node in nodes for inp in node.inputs if inp is not None and inp.is_graph_input()}
+
+
+def num_heads_from_query(query: ir.Value, head_dim: int | None, num_kv_heads: int | None) -> int | None:
+    """H from the Q projection's width: H·Dh, or (H + 2·Hkv)·Dh for a fused QKV projection."""
+    if query.shape is not None and len(query.shape) == 4 and isinstance(query.shape[1], int):
+        return query.shape[1]  # already [B, H, S, Dh]
+    if not head_dim:
+        return None
+    nodes = local_ancestors(query)
+    projections = [n for n in nodes if is_projection(n)]
+    if not projections:
+        return None
+    width = projection_width(projections[0])
+    is_fused_qkv = any(n.op_type in ("Split", "Slice") for n in nodes[: nodes.index(projections[0])])
+    if is_fused_qkv and num_kv_heads:
+        return width // head_dim - 2 * num_kv_heads
+    return width // head_dim
+
+
+def rotary_of(new_key: ir.Value) -> str:
+    """Where rotary embedding is applied to the new keys before they enter the cache."""
+    nodes = local_ancestors(new_key)
+    ops = {node.op_type for node in nodes}
+    if "RotaryEmbedding" in ops:
+        where = "com.microsoft.RotaryEmbedding on q/k"
+    elif ops & {"Sin", "Cos"} or {"Neg", "Concat"} <= ops:
+        where = "rotate_half on q/k"
+    else:
+        return "none"
+    return where + _position_source(nodes)
+
+
+def _position_source(nodes: list[ir.Node]) -> str:
+    reached = _inputs_reached(nodes)
+    if any("position" in name for name in reached):
+        return ", positions from " + sorted(n for n in reached if "position" in n)[0]
+    if any("mask" in name for name in reached):
+        return ", positions from attention_mask"
+    return ""
+
+
+def classify_mask(mask: ir.Value | None) -> str:
+    """"causal", "sliding window N" or "other: <why>" for the additive/boolean mask of one layer."""
+    if mask is None:
+        return "other: no mask found before Softmax"
+    nodes = gw.ancestors(mask, max_nodes=2000)
+    compares = [n for n in nodes if n.op_type in COMPARE_OPS]
+    if not compares:
+        if mask.is_graph_input():
+            return f"other: mask comes from graph input '{mask.name}' (bias or custom mask)"
+        return "other: no causal comparison in the mask"
+    window = _window_size(nodes)
+    return f"sliding window {window}" if window else "causal"
+
+
+def _window_size(nodes: list[ir.Node]) -> int | None:
+    """A constant offset |c| > 1 added to positions before a comparison (HF: kv_idx > q_idx - window)."""
+    for node in nodes:
+        if node.op_type == "Trilu" and len(node.inputs) > 1:
+            k = gw.const_ints(node.inputs[1])
+            if k and abs(k[0]) > 1:
+                return abs(k[0])
+        if node.op_type in ("Sub", "Add") and _feeds_compare(node):
+            for operand in node.inputs:
+                value = gw.const_ints(operand)
+                if operand is not None and operand.dtype and operand.dtype.is_integer() and value and len(value) == 1 and abs(value[0]) > 1:
+                    return abs(value[0])
+    return None
+
+
+def _feeds_compare(node: ir.Node) -> bool:
+    hits = gw.walk_down(node.outputs[0], set(COMPARE_OPS), {"Cast", "Unsqueeze", "Reshape", "Expand", "Identity"}, max_depth=3)
+    return bool(hits)
