@@ -95,6 +95,7 @@ def _site(key_concat, value_concat, qk, softmax, pv, position) -> AttentionSite:
         graph_position=position,
         nodes={"key_concat": key_concat, "value_concat": value_concat, "qk_matmul": qk,
                "softmax": softmax, "pv_matmul": pv, **({"mask_add": mask_add} if mask_add else {})},
+        values={"mask": mask} if mask is not None else {},
     )
 
 

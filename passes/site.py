@@ -32,6 +32,8 @@ class AttentionSite:
     graph_position: int = 0  # index of the anchoring node in graph order
     # The nodes the pass rewrites, by role ("key_concat", "softmax", "op", ...).
     nodes: dict[str, ir.Node] = field(default_factory=dict, repr=False, compare=False)
+    # Values the pass rewires, by role ("mask": the mask operand of nodes["mask_add"]).
+    values: dict[str, ir.Value] = field(default_factory=dict, repr=False, compare=False)
 
     def to_dict(self) -> dict:
         return {

@@ -89,7 +89,8 @@ def num_heads_from_query(query: ir.Value, head_dim: int | None, num_kv_heads: in
     if not projections:
         return None
     width = projection_width(projections[0])
-    is_fused_qkv = any(n.op_type in ("Split", "Slice") for n in nodes[: nodes.index(projections[0])])
+    # Phi-3 style: one qkv_proj, then Split/Slice (after an optional bias Add) takes Q out.
+    is_fused_qkv = bool(gw.walk_down(projections[0].outputs[0], {"Split", "Slice"}, {"Add"}, max_depth=1))
     if is_fused_qkv and num_kv_heads:
         return width // head_dim - 2 * num_kv_heads
     return width // head_dim

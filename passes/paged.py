@@ -1,0 +1,187 @@
+"""`rewrite_to_paged`: turn every dense-KV attention layer into paged attention (DESIGN.md §3).
+
+Steps: detect sites -> refuse anything not pageable (naming each layer) ->
+add the paged inputs -> rewrite each layer onto its pool(s) -> drop the dense
+KV inputs/outputs and attention_mask -> remove dead nodes -> check the
+postcondition (no dense KV left, every pool written in place).
+
+Pool names, per layer i: separate `key_cache.{i}` / `value_cache.{i}` (outputs
+`key_cache_out.{i}` / `value_cache_out.{i}`); combined `kv_cache.{i}` (output
+`kv_cache_out.{i}`). Pools are [num_blocks, Hkv, block_size, Dh].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+
+from pagedc.passes.detect import find_attention_sites
+from pagedc.passes.paged_builder import PagedBuilder
+from pagedc.passes.rewrite_decomposed import check_decomposed, rewrite_decomposed
+from pagedc.passes.rewrite_gqa import check_gqa, rewrite_gqa
+from pagedc.passes.site import AttentionSite
+
+LAYOUTS = ("separate", "combined")
+_REWRITERS = {"decomposed": (check_decomposed, rewrite_decomposed), "gqa": (check_gqa, rewrite_gqa)}
+
+
+class PagedRewriteError(Exception):
+    """The model cannot be paged; `problems` holds one line per layer or input, with the reason."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"cannot rewrite to paged attention ({len(problems)} problem(s)):\n{lines}")
+
+
+@dataclass
+class PoolNames:
+    layer: int
+    inputs: list[str]   # [key_cache.i, value_cache.i] or [kv_cache.i]
+    outputs: list[str]
+
+
+@dataclass
+class RewriteReport:
+    """What the rewrite did: counts per rule and the ABI it produced."""
+
+    num_layers: int = 0
+    rewrites: dict[str, int] = field(default_factory=dict)     # form -> layers rewritten
+    removed_inputs: list[str] = field(default_factory=list)
+    removed_outputs: list[str] = field(default_factory=list)
+    added_inputs: list[str] = field(default_factory=list)
+    pools: list[PoolNames] = field(default_factory=list)
+    num_heads: int = 0
+    num_kv_heads: int = 0
+    head_dim: int = 0
+    kv_dtype: str = ""
+    block_size: int = 0
+    layout: str = "separate"
+    added_position_ids: bool = False
+
+
+def rewrite_to_paged(model: ir.Model, *, block_size: int = 16, layout: str = "separate",
+                     num_blocks: int | None = None) -> tuple[ir.Model, RewriteReport]:
+    """Rewrite `model` in place; `num_blocks` fixes the pools' first dim (None keeps it symbolic)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    graph = model.graph
+    sites = _pageable_sites(model)
+    kv_inputs = [name for s in sites for name in (s.past_key, s.past_value)]
+    attention_mask = _graph_input(graph, "attention_mask")
+    builder = PagedBuilder(graph, block_size, layout, _graph_input(graph, "position_ids"))
+    report = _start_report(sites, block_size, layout, builder)
+    for site in sites:
+        pools = _add_pools(builder, site, layout, num_blocks)
+        outs = _REWRITERS[site.form][1](site, builder, pools)
+        _name_pool_outputs(graph, site, outs, layout)
+        report.pools.append(PoolNames(site.layer, [p.name for p in pools], [o.name for o in outs]))
+        report.rewrites[site.form] = report.rewrites.get(site.form, 0) + 1
+    _cleanup(model)
+    report.removed_inputs = _remove_inputs(graph, kv_inputs)
+    report.removed_outputs = [n for s in sites for n in (s.present_key, s.present_value)]
+    if attention_mask is not None:
+        report.removed_inputs += _remove_attention_mask(graph, attention_mask)
+    _check_postcondition(model, report, kv_inputs)
+    return model, report
+
+
+def _pageable_sites(model: ir.Model) -> list[AttentionSite]:
+    detection = find_attention_sites(model)
+    problems = [f"{miss}" for miss in detection.misses]
+    for site in detection.sites:
+        reason = _why_not_pageable(site)
+        if reason:
+            problems.append(f"layer {site.layer} ({site.form}, {site.past_key}): {reason}")
+    if not detection.sites and not problems:
+        problems.append("no attention layer with a dense KV cache found (run `pagedc inspect` to see what the model has)")
+    if problems:
+        raise PagedRewriteError(problems)
+    return detection.sites
+
+
+def _why_not_pageable(site: AttentionSite) -> str | None:
+    if site.form not in _REWRITERS:
+        return f"source form '{site.form}' is detected but not rewritten yet"
+    if site.mask != "causal":
+        return (f"mask is '{site.mask}'; the paged mask is causal over the whole context "
+                "(a sliding-window or custom mask would silently change results)")
+    if not (site.num_kv_heads and site.head_dim):
+        return "past_key needs static KV-head and head dims ([B, Hkv, P, Dh])"
+    return _REWRITERS[site.form][0](site)
+
+
+def _graph_input(graph: ir.Graph, name: str) -> ir.Value | None:
+    return next((v for v in graph.inputs if v.name == name), None)
+
+
+def _start_report(sites: list[AttentionSite], block_size: int, layout: str, builder: PagedBuilder) -> RewriteReport:
+    first = sites[0]
+    past = _graph_input(builder.graph, first.past_key)
+    return RewriteReport(
+        num_layers=len(sites), num_heads=first.num_heads or 0, num_kv_heads=first.num_kv_heads,
+        head_dim=first.head_dim, kv_dtype=past.dtype.name.lower(), block_size=block_size, layout=layout,
+        added_inputs=["block_table", "slot_mapping", "context_lens"] + (["position_ids"] if builder.added_position_ids else []),
+        added_position_ids=builder.added_position_ids,
+    )
+
+
+def _add_pools(builder: PagedBuilder, site: AttentionSite, layout: str, num_blocks: int | None) -> list[ir.Value]:
+    past = _graph_input(builder.graph, site.past_key)
+    dims = (num_blocks or "num_blocks", site.num_kv_heads, site.head_dim, past.dtype)
+    names = [f"kv_cache.{site.layer}"] if layout == "combined" else [f"key_cache.{site.layer}", f"value_cache.{site.layer}"]
+    return [builder.pool_input(name, *dims) for name in names]
+
+
+def _name_pool_outputs(graph: ir.Graph, site: AttentionSite, outs: list[ir.Value], layout: str) -> None:
+    names = [f"kv_cache_out.{site.layer}"] if layout == "combined" else [f"key_cache_out.{site.layer}", f"value_cache_out.{site.layer}"]
+    pool = _graph_input(graph, names[0].replace("_out", ""))
+    for out, name in zip(outs, names):
+        out.name = name
+        out.dtype, out.shape = pool.dtype, pool.shape
+        graph.outputs.append(out)
+
+
+def _remove_inputs(graph: ir.Graph, names: list[str]) -> list[str]:
+    removed = []
+    for name in names:
+        value = _graph_input(graph, name)
+        if value is not None and not list(value.uses()):
+            graph.inputs.remove(value)
+            removed.append(name)
+    return removed
+
+
+def _remove_attention_mask(graph: ir.Graph, mask: ir.Value) -> list[str]:
+    users = [n for n, _ in mask.uses()]
+    if users:
+        names = ", ".join(f"{n.op_type} '{n.name}'" for n in users[:5])
+        raise PagedRewriteError([f"attention_mask is still used after paging by {names} "
+                                 "(e.g. positions derived from it); pass position_ids explicitly in the export"])
+    graph.inputs.remove(mask)
+    return ["attention_mask"]
+
+
+def _cleanup(model: ir.Model) -> None:
+    common_passes.RemoveUnusedNodesPass()(model)
+    common_passes.TopologicalSortPass()(model)
+    common_passes.NameFixPass()(model)
+    common_passes.RemoveUnusedOpsetsPass()(model)
+
+
+def _check_postcondition(model: ir.Model, report: RewriteReport, dense_kv_inputs: list[str]) -> None:
+    """No dense KV input or present output is left; each pool feeds exactly one ScatterND."""
+    graph = model.graph
+    problems = [f"dense KV input '{n}' is still in the graph" for n in dense_kv_inputs if _graph_input(graph, n)]
+    problems += [f"present output '{v.name}' is still in the graph" for v in graph.outputs if v.name in report.removed_outputs]
+    for pools in report.pools:
+        for name in pools.inputs:
+            users = [n.op_type for n, _ in _graph_input(graph, name).uses()]
+            if users != ["ScatterND"]:
+                problems.append(f"pool '{name}' must feed exactly one ScatterND (in-place update), feeds {users}")
+    if problems:
+        raise PagedRewriteError(problems)

@@ -1,0 +1,80 @@
+"""Page one form-A site: keep the model's own attention math, swap where K/V come from.
+
+    before:  past_key ─Concat(-2)─▶ present_key ──▶ (repeat-kv, Kᵀ) MatMul ─▶ Add(mask) ─▶ Softmax ─▶ …
+             new_key ─┘
+    after:   new_key ─▶ [N,Hkv,Dh] ─ScatterND▶ key_cache_out.{i} ─Gather(block_table)▶ key [B,Hkv,T,Dh] ─▶ (repeat-kv, Kᵀ) MatMul
+             key_cache.{i} ─┘                                      paged mask [B,1,S,T] ─▶ Add ─▶ Softmax ─▶ …
+
+Everything the source derived from the past's shape (past length, total
+length) is rebuilt from the gathered K: a virtual past of T - S tokens, so
+the total length the model computes is T.
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+
+from pagedc.passes.paged_builder import PagedBuilder
+from pagedc.passes.site import AttentionSite
+
+
+def check_decomposed(site: AttentionSite) -> str | None:
+    """Why this site cannot be paged, or None."""
+    for name, concat in (("past key", site.nodes["key_concat"]), ("past value", site.nodes["value_concat"])):
+        past = concat.inputs[0]
+        others = [n for n, _ in past.uses() if n is not concat and n.op_type != "Shape"]
+        if others:
+            return f"{name} '{past.name}' also feeds {others[0].op_type} '{others[0].name}', not only its Concat"
+    if "mask_add" not in site.nodes or "mask" not in site.values:
+        return "no mask Add/Where between QKᵀ and Softmax to replace with the paged mask"
+    return None
+
+
+def rewrite_decomposed(site: AttentionSite, builder: PagedBuilder, pools: list[ir.Value]) -> list[ir.Value]:
+    """Rewire one layer onto its pool(s); returns the pool outputs."""
+    key_concat, value_concat = site.nodes["key_concat"], site.nodes["value_concat"]
+    hkv, dh = site.num_kv_heads, site.head_dim
+    new_key = builder.tokens(key_concat.inputs[1], hkv, dh)
+    new_value = builder.tokens(value_concat.inputs[1], hkv, dh)
+    value_pool = pools[1] if len(pools) > 1 else None
+    outs, key, value = builder.write_and_read(pools[0], new_key, new_value, hkv, dh, value_pool)
+    _repair_past_shapes(key_concat.inputs[0], key, key_concat.inputs[1], builder)
+    _repair_past_shapes(value_concat.inputs[0], value, value_concat.inputs[1], builder)
+    _drop_graph_output(builder.graph, key_concat.outputs[0], site.present_key)
+    _drop_graph_output(builder.graph, value_concat.outputs[0], site.present_value)
+    key_concat.outputs[0].replace_all_uses_with(key)
+    value_concat.outputs[0].replace_all_uses_with(value)
+    _replace_mask(site.nodes["mask_add"], site, builder)
+    return outs
+
+
+def _replace_mask(node: ir.Node, site: AttentionSite, builder: PagedBuilder) -> None:
+    """Point the layer's mask operand at the paged mask (additive for Add, boolean for Where)."""
+    mask_index = next(i for i, inp in enumerate(node.inputs) if inp is site.values["mask"])
+    if node.op_type == "Where":
+        node.replace_input_with(mask_index, builder.visible())
+        return
+    past = site.nodes["key_concat"].inputs[0]
+    dtype = node.outputs[0].dtype or node.inputs[1 - mask_index].dtype or past.dtype
+    node.replace_input_with(mask_index, builder.additive_mask(dtype))
+
+
+def _repair_past_shapes(past: ir.Value, gathered: ir.Value, new: ir.Value, builder: PagedBuilder) -> None:
+    """Shape(past) -> Shape(gathered) - [0, 0, S, 0]: a virtual past of T - S tokens."""
+    for node, _ in list(past.uses()):
+        if node.op_type != "Shape":
+            continue
+        new_len = builder.op("Mul", builder.op("Shape", new), builder.const([0, 0, 1, 0]))
+        virtual = builder.op("Sub", builder.op("Shape", gathered), new_len)            # [4] int64
+        start = node.attributes["start"].as_int() if "start" in node.attributes else 0
+        end = node.attributes["end"].as_int() if "end" in node.attributes else 4
+        sliced = builder.op("Slice", virtual, builder.const([start]), builder.const([end]))
+        node.outputs[0].replace_all_uses_with(sliced)
+
+
+def _drop_graph_output(graph: ir.Graph, value: ir.Value, name: str) -> None:
+    """Remove the present output the Concat fed (directly or through an Identity)."""
+    for i, out in enumerate(graph.outputs):
+        if out is value or out.name == name:
+            graph.outputs.pop(i)
+            return

@@ -1,0 +1,111 @@
+"""Page one form-B site: replace GroupQueryAttention by paged attention built from plain ops.
+
+    before:  GroupQueryAttention(query [B,S,H·Dh], key [B,S,Hkv·Dh], value, past_key, past_value,
+                                 seqlens_k, total_sequence_length, cos_cache, sin_cache, ...)
+             -> output [B,S,H·Dh], present_key, present_value
+    after:   q, k ─rotary(cos_cache, sin_cache at position_ids)─▶ k [N,Hkv,Dh] ─ScatterND▶ key_cache_out.{i}
+             q [B,Hkv,G,S,Dh] · Kᵀ [B,Hkv,1,Dh,T] ─▶ scale ─▶ Add(mask) ─▶ Softmax ─▶ · V [B,Hkv,1,T,Dh]
+             ─▶ [B,S,H·Dh]
+
+Queries are grouped per KV head (head h reads KV head h // G, as GQA does), so
+K/V are never repeated. Positions come from the `position_ids` input instead of
+`seqlens_k`; seqlens_k, total_sequence_length and attention_mask fall away.
+"""
+
+from __future__ import annotations
+
+import math
+
+import onnx_ir as ir
+
+from pagedc.passes.paged_builder import PagedBuilder
+from pagedc.passes.site import AttentionSite
+
+
+def _attr(node: ir.Node, name: str, default):
+    attr = node.attributes.get(name)
+    return attr.value if attr is not None else default
+
+
+def check_gqa(site: AttentionSite) -> str | None:
+    node = site.nodes["op"]
+    if _attr(node, "smooth_softmax", 0):
+        return "GroupQueryAttention with smooth_softmax=1 (attention sink) is not supported"
+    if node.inputs[1] is None:
+        return "GroupQueryAttention with packed QKV (no separate key input) is not supported yet"
+    if len(node.inputs) > 11 and node.inputs[11] is not None:
+        return "GroupQueryAttention with head_sink is not supported"
+    if not (site.num_heads and site.num_kv_heads and site.head_dim):
+        return "num_heads, kv_num_heads or head_dim is unknown (past_key needs a static head dim)"
+    return None
+
+
+def rewrite_gqa(site: AttentionSite, builder: PagedBuilder, pools: list[ir.Value]) -> list[ir.Value]:
+    node = site.nodes["op"]
+    b = builder
+    h, hkv, dh = site.num_heads, site.num_kv_heads, site.head_dim
+    q = b.op("Reshape", node.inputs[0], b.const([0, 0, h, dh]))     # [B, S, H, Dh]
+    k = b.op("Reshape", node.inputs[1], b.const([0, 0, hkv, dh]))   # [B, S, Hkv, Dh]
+    v = b.op("Reshape", node.inputs[2], b.const([0, 0, hkv, dh]))
+    if _attr(node, "do_rotary", 0):
+        interleaved = bool(_attr(node, "rotary_interleaved", 0))
+        q = apply_rotary(b, q, node.inputs[7], node.inputs[8], interleaved, dh)
+        k = apply_rotary(b, k, node.inputs[7], node.inputs[8], interleaved, dh)
+    new_key = b.op("Reshape", k, b.const([-1, hkv, dh]))            # [N, Hkv, Dh]
+    new_value = b.op("Reshape", v, b.const([-1, hkv, dh]))
+    value_pool = pools[1] if len(pools) > 1 else None
+    outs, key, value = b.write_and_read(pools[0], new_key, new_value, hkv, dh, value_pool)
+    scale = _attr(node, "scale", 0.0) or 1.0 / math.sqrt(dh)
+    out = grouped_attention(b, q, key, value, h, hkv, dh, scale, _attr(node, "softcap", 0.0), pools[0].dtype)
+    node.outputs[0].replace_all_uses_with(out)
+    for present in node.outputs[1:3]:
+        if present.is_graph_output():
+            builder.graph.outputs.remove(present)
+    builder.graph.remove(node, safe=True)
+    return outs
+
+
+def apply_rotary(b: PagedBuilder, x: ir.Value, cos_cache: ir.Value, sin_cache: ir.Value,
+                 interleaved: bool, head_dim: int) -> ir.Value:
+    """Rotary on x [B, S, heads, Dh] at position_ids; caches are [max_pos, R/2] (R <= Dh rotated dims)."""
+    cos = b.op("Unsqueeze", b.op("Gather", cos_cache, b.position_ids, axis=0), b.const([2]))  # [B, S, 1, R/2]
+    sin = b.op("Unsqueeze", b.op("Gather", sin_cache, b.position_ids, axis=0), b.const([2]))
+    half = cos_cache.shape[1]
+    rot, rest = b.op("Slice", x, b.const([0]), b.const([2 * half]), b.const([3])), None
+    if 2 * half < head_dim:  # partial rotary: the last Dh - R dims pass through
+        rest = b.op("Slice", x, b.const([2 * half]), b.const([head_dim]), b.const([3]))
+    if interleaved:  # pairs (x0, x1), (x2, x3), ...
+        pairs = b.op("Reshape", rot, b.const([0, 0, 0, half, 2]))
+        x1 = b.op("Squeeze", b.op("Slice", pairs, b.const([0]), b.const([1]), b.const([4])), b.const([4]))
+        x2 = b.op("Squeeze", b.op("Slice", pairs, b.const([1]), b.const([2]), b.const([4])), b.const([4]))
+    else:  # halves (x[:R/2], x[R/2:])
+        x1 = b.op("Slice", rot, b.const([0]), b.const([half]), b.const([3]))
+        x2 = b.op("Slice", rot, b.const([half]), b.const([2 * half]), b.const([3]))
+    y1 = b.op("Sub", b.op("Mul", x1, cos), b.op("Mul", x2, sin))
+    y2 = b.op("Add", b.op("Mul", x2, cos), b.op("Mul", x1, sin))
+    if interleaved:
+        y = b.op("Concat", b.op("Unsqueeze", y1, b.const([4])), b.op("Unsqueeze", y2, b.const([4])), axis=4)
+        y = b.op("Reshape", y, b.const([0, 0, 0, 2 * half]))
+    else:
+        y = b.op("Concat", y1, y2, axis=3)
+    return y if rest is None else b.op("Concat", y, rest, axis=3)
+
+
+def grouped_attention(b: PagedBuilder, q_BSHDh: ir.Value, key: ir.Value, value: ir.Value,
+                      h: int, hkv: int, dh: int, scale: float, softcap: float, dtype: ir.DataType) -> ir.Value:
+    """softmax(q·Kᵀ·scale + mask)·V with q grouped per KV head; returns [B, S, H·Dh]."""
+    g = h // hkv
+    np_dtype = dtype.numpy()
+    q = b.op("Transpose", q_BSHDh, perm=[0, 2, 1, 3])                             # [B, H, S, Dh]
+    q = b.op("Reshape", q, b.const([0, hkv, g, -1, dh]))                           # [B, Hkv, G, S, Dh]
+    key_t = b.op("Transpose", b.op("Unsqueeze", key, b.const([2])), perm=[0, 1, 2, 4, 3])  # [B, Hkv, 1, Dh, T]
+    scores = b.op("Mul", b.op("MatMul", q, key_t), b.const(scale, dtype=np_dtype))  # [B, Hkv, G, S, T]
+    if softcap:
+        capped = b.op("Tanh", b.op("Div", scores, b.const(softcap, dtype=np_dtype)))
+        scores = b.op("Mul", capped, b.const(softcap, dtype=np_dtype))
+    mask = b.op("Unsqueeze", b.additive_mask(dtype), b.const([1]))                # [B, 1, 1, S, T]
+    probs = b.op("Softmax", b.op("Add", scores, mask), axis=-1)
+    out = b.op("MatMul", probs, b.op("Unsqueeze", value, b.const([2])))            # [B, Hkv, G, S, Dh]
+    out = b.op("Reshape", out, b.const([0, h, -1, dh]))                            # [B, H, S, Dh]
+    out = b.op("Transpose", out, perm=[0, 2, 1, 3])                                # [B, S, H, Dh]
+    return b.op("Reshape", out, b.const([0, 0, h * dh]))
