@@ -1,0 +1,97 @@
+"""Step inputs of the paged ABI (DESIGN.md §3) from per-sequence block lists and positions.
+
+Pure NumPy; the block manager decides which blocks a sequence owns, this module
+only lays them out. Worked example, block_size=4, one sequence with blocks
+[7, 2] and new tokens at positions 4, 5:
+
+    slot_mapping = [2*4 + 0, 2*4 + 1] = [8, 9]     block_table = [[7, 2]]
+    context_lens = [6]                             position_ids = [[4, 5]]
+
+Padding (shorter sequences in a ragged batch, unused table entries) points at
+the null block 0: padded `block_table` entries are 0 and padding tokens write
+to slots inside block 0, never to −1 (ONNX wraps negative indices).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+NULL_BLOCK = 0
+
+
+@dataclass(frozen=True)
+class SequenceStep:
+    """One sequence's part of a step: its blocks and the positions of its new tokens.
+
+    `key_blocks` covers positions 0..context_len-1 (block i holds positions
+    i*block_size ..). `value_blocks` is set only in the combined layout, where
+    V blocks may differ from K blocks.
+    """
+
+    key_blocks: list[int]
+    positions: list[int]
+    value_blocks: list[int] | None = None
+
+
+def step_feeds(steps: list[SequenceStep], block_size: int, *, layout: str = "separate",
+               num_tokens: int | None = None, max_blocks: int | None = None, batch: int | None = None) -> dict[str, np.ndarray]:
+    """block_table, slot_mapping, context_lens, position_ids for one step, padded to the given sizes.
+
+    num_tokens (S) defaults to the longest sequence's new tokens, max_blocks to
+    the longest table, batch to len(steps); larger values pad (static shapes).
+    """
+    seq_len = num_tokens or max(len(s.positions) for s in steps)
+    max_blocks = max_blocks or max(len(s.key_blocks) for s in steps)
+    batch = batch or len(steps)
+    _check_sizes(steps, block_size, seq_len, max_blocks, batch)
+    is_combined = layout == "combined"
+    position_ids = np.zeros((batch, seq_len), np.int64)                 # [B, S]
+    context_lens = np.zeros((batch,), np.int32)                          # [B]
+    tables = np.full((2 if is_combined else 1, batch, max_blocks), NULL_BLOCK, np.int32)
+    # Padding token s writes to slot s % block_size of the null block.
+    pad_slots = np.arange(batch * seq_len, dtype=np.int32) % block_size
+    slots = np.stack([pad_slots, pad_slots]) if is_combined else pad_slots[None].copy()
+    for b, step in enumerate(steps):
+        count = len(step.positions)
+        position_ids[b, :count] = step.positions
+        context_lens[b] = max(step.positions) + 1 if count else 0
+        for row, blocks in enumerate(_rows(step, is_combined)):
+            tables[row, b, : len(blocks)] = blocks
+            slots[row, b * seq_len : b * seq_len + count] = _slots(blocks, step.positions, block_size)
+    block_table = tables.transpose(1, 0, 2) if is_combined else tables[0]
+    return {
+        "block_table": np.ascontiguousarray(block_table),   # [B, MB] or [B, 2, MB] int32
+        "slot_mapping": slots if is_combined else slots[0],   # [B*S] or [2, B*S] int32
+        "context_lens": context_lens,
+        "position_ids": position_ids,
+    }
+
+
+def _rows(step: SequenceStep, is_combined: bool) -> list[list[int]]:
+    if not is_combined:
+        return [step.key_blocks]
+    return [step.key_blocks, step.value_blocks if step.value_blocks is not None else step.key_blocks]
+
+
+def _slots(blocks: list[int], positions: list[int], block_size: int) -> np.ndarray:
+    pos = np.asarray(positions, np.int64)
+    return (np.asarray(blocks, np.int64)[pos // block_size] * block_size + pos % block_size).astype(np.int32)
+
+
+def _check_sizes(steps: list[SequenceStep], block_size: int, seq_len: int, max_blocks: int, batch: int) -> None:
+    if len(steps) > batch:
+        raise ValueError(f"{len(steps)} sequences do not fit a batch of {batch}")
+    for i, step in enumerate(steps):
+        if len(step.positions) > seq_len:
+            raise ValueError(f"sequence {i} has {len(step.positions)} new tokens; the step takes at most {seq_len}")
+        needed = (max(step.positions) // block_size + 1) if step.positions else 0
+        for blocks in (step.key_blocks, step.value_blocks or step.key_blocks):
+            if len(blocks) < needed:
+                raise ValueError(f"sequence {i} reaches position {max(step.positions)} but has only {len(blocks)} "
+                                 f"block(s) of {block_size}")
+            if len(blocks) > max_blocks:
+                raise ValueError(f"sequence {i} has {len(blocks)} blocks; the table holds {max_blocks}")
+            if NULL_BLOCK in blocks:
+                raise ValueError(f"sequence {i} uses the null block {NULL_BLOCK}; it is reserved for padding")

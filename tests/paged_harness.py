@@ -1,0 +1,94 @@
+"""Runs a dense model one sequence at a time and its paged rewrite on ragged batches.
+
+The dense side is the reference: each sequence alone, its cache fed back step by
+step. The paged side gets explicit block lists (shuffled, shared, split K/V) so
+tests control exactly where every token lands.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from pagedc.model_file import load_model
+from pagedc.passes.detect import find_attention_sites
+from pagedc.runtime.feeds import SequenceStep, step_feeds
+
+
+def session(path: str | Path, optimize: bool = False) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class DenseRunner:
+    """One sequence through the dense model, chunk by chunk, presents fed back as past."""
+
+    def __init__(self, path: str | Path):
+        self.session = session(path)
+        sites = find_attention_sites(load_model(path)).sites
+        self.kv = [(s.past_key, s.present_key) for s in sites] + [(s.past_value, s.present_value) for s in sites]
+        self.inputs = {i.name: i for i in self.session.get_inputs()}
+        self.dtype = np.float16 if "float16" in self.inputs[sites[0].past_key].type else np.float32
+        self.kv_shape = (sites[0].num_kv_heads, sites[0].head_dim)
+
+    def run(self, tokens: list[int], chunks: list[int]) -> list[np.ndarray]:
+        """Logits [chunk_len, V] of each chunk of `tokens` (chunk lengths sum to len(tokens))."""
+        past = {name: np.zeros((1, *self.kv_shape[:1], 0, self.kv_shape[1]), self.dtype) for name, _ in self.kv}
+        start, logits = 0, []
+        for size in chunks:
+            ids = np.asarray([tokens[start : start + size]], np.int64)
+            feed = {"input_ids": ids, **past}
+            if "attention_mask" in self.inputs:
+                feed["attention_mask"] = np.ones((1, start + size), np.int64)
+            if "position_ids" in self.inputs:
+                feed["position_ids"] = np.arange(start, start + size, dtype=np.int64)[None]
+            outputs = dict(zip([o.name for o in self.session.get_outputs()], self.session.run(None, feed)))
+            past = {p: outputs[q] for p, q in self.kv}
+            logits.append(outputs["logits"][0])
+            start += size
+        return logits
+
+
+class PagedRunner:
+    """The paged model with its pools as NumPy arrays, updated from the outputs each step."""
+
+    def __init__(self, path: str | Path, num_blocks: int, block_size: int, layout: str, optimize: bool = False):
+        self.session = session(path, optimize)
+        self.block_size, self.layout = block_size, layout
+        self.pools: dict[str, np.ndarray] = {}
+        for inp in self.session.get_inputs():
+            if "_cache." in inp.name:
+                dtype = np.float16 if "float16" in inp.type else np.float32
+                self.pools[inp.name] = np.zeros((num_blocks, *inp.shape[1:]), dtype)
+        self.input_names = {i.name for i in self.session.get_inputs()}
+
+    def step(self, tokens: list[list[int]], steps: list[SequenceStep], **pad) -> np.ndarray:
+        """Run one step; tokens[b] are sequence b's new tokens. Returns logits [B, S, V]."""
+        feeds = step_feeds(steps, self.block_size, layout=self.layout, **pad)
+        batch, seq_len = feeds["position_ids"].shape
+        ids = np.zeros((batch, seq_len), np.int64)
+        for b, toks in enumerate(tokens):
+            ids[b, : len(toks)] = toks
+        feed = {"input_ids": ids, **{k: v for k, v in feeds.items() if k in self.input_names}, **self.pools}
+        names = [o.name for o in self.session.get_outputs()]
+        outputs = dict(zip(names, self.session.run(None, feed)))
+        for name in self.pools:
+            self.pools[name] = outputs[name.replace("_cache.", "_cache_out.")]
+        return outputs["logits"]
+
+
+def shuffled_blocks(num_blocks: int, seed: int) -> list[int]:
+    """Every usable block id (1..num_blocks-1) in a seeded random order: tables are non-contiguous."""
+    return [int(b) for b in np.random.default_rng(seed).permutation(np.arange(1, num_blocks))]
+
+
+def blocks_for(free: list[int], num_tokens: int, block_size: int) -> list[int]:
+    """Take enough blocks off `free` for `num_tokens` tokens."""
+    count = -(-num_tokens // block_size)
+    taken, free[:] = free[:count], free[count:]
+    return taken
