@@ -12,6 +12,7 @@ import logging
 import click
 
 from pagedc import __version__
+from pagedc.compile_cmd import compile_command
 from pagedc.inspect_cmd import inspect_command
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -27,8 +28,10 @@ def main(verbose: bool) -> None:
     Examples:
       pagedc inspect model.onnx           # list the KV-cache attention layers
       pagedc inspect model.onnx --json    # the same, for scripts
+      pagedc compile model.onnx           # paged model + manifest in model.paged/
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="pagedc: %(message)s")
 
 
 main.add_command(inspect_command)
+main.add_command(compile_command)

@@ -1,0 +1,151 @@
+"""The compile driver: dense model.onnx -> OUT/{model.onnx, model.onnx.data, manifest.json}.
+
+    load (graph only) -> rewrite_to_paged -> size the pools -> write into a
+    staging directory -> rename it to OUT
+
+Everything is written into `OUT.tmp-*` next to OUT and renamed at the end, so
+a failed compile leaves nothing behind and an existing OUT is replaced whole.
+The target is ONNX Runtime (CPU): one artifact with dynamic batch, sequence
+and block dims serves prefill and decode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import onnx_ir as ir
+
+from pagedc.manifest import Artifact, LayerPools, Manifest
+from pagedc.model_file import load_model
+from pagedc.passes.paged import RewriteReport, rewrite_to_paged
+
+log = logging.getLogger(__name__)
+MODEL_FILE = "model.onnx"
+DEFAULT_KV_MEMORY = 256 * 2**20
+
+
+class CompileError(Exception):
+    """A compile that cannot proceed; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    block_size: int = 16
+    layout: str = "separate"
+    num_blocks: int | None = None      # wins over kv_memory
+    kv_memory: int = DEFAULT_KV_MEMORY  # bytes for all pools together
+    target: str = "onnx"
+    overwrite: bool = False
+
+
+def compile_model(source: Path, out_dir: Path, options: CompileOptions,
+                  progress: Callable[[str], None] = log.info) -> Manifest:
+    source, out_dir = Path(source), Path(out_dir)
+    _check_out_dir(out_dir, options.overwrite)
+    progress(f"loading {source} (graph only; weights stay on disk)")
+    model = load_model(source)
+    progress("rewriting attention layers to paged attention")
+    model, report = rewrite_to_paged(model, block_size=options.block_size, layout=options.layout)
+    progress(f"rewrote {report.num_layers} layer(s): " + ", ".join(f"{n} {form}" for form, n in report.rewrites.items()))
+    num_blocks = _num_blocks(report, options)
+    staging = Path(tempfile.mkdtemp(prefix=f"{out_dir.name}.tmp-", dir=out_dir.parent))
+    staging.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; OUT should look like any new directory
+    try:
+        progress(f"writing {staging / MODEL_FILE} and its weights")
+        ir.save(model, str(staging / MODEL_FILE), external_data=MODEL_FILE + ".data")
+        manifest = _manifest(source, model, report, num_blocks, options)
+        manifest.write(staging)
+        _commit(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    progress(f"wrote {out_dir} ({num_blocks} blocks of {options.block_size} tokens, {options.layout} K/V)")
+    return manifest
+
+
+def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    if not out_dir.parent.is_dir():
+        raise CompileError(f"{out_dir.parent}: output's parent directory does not exist")
+    if out_dir.exists() and not overwrite:
+        raise CompileError(f"{out_dir} already exists; pass --force to replace it or -o to choose another directory")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CompileError(f"{out_dir} exists and is not a directory")
+
+
+def _num_blocks(report: RewriteReport, options: CompileOptions) -> int:
+    if options.num_blocks is not None:
+        if options.num_blocks < 2:
+            raise CompileError(f"--num-blocks must be >= 2 (block 0 is the null block), got {options.num_blocks}")
+        return options.num_blocks
+    itemsize = int(ir.DataType[report.kv_dtype.upper()].itemsize)
+    per_block = report.num_layers * report.num_kv_heads * options.block_size * report.head_dim * itemsize
+    per_block *= 2 if options.layout == "separate" else 1
+    num_blocks = options.kv_memory // per_block
+    if num_blocks < 2:
+        raise CompileError(f"--kv-memory {options.kv_memory} bytes holds {num_blocks} block(s) of {per_block} bytes; "
+                           "need at least 2 (block 0 is the null block)")
+    return int(num_blocks)
+
+
+def _manifest(source: Path, model: ir.Model, report: RewriteReport, num_blocks: int,
+              options: CompileOptions) -> Manifest:
+    inputs = {v.name: [d if isinstance(d, int) else str(d) for d in v.shape] for v in model.graph.inputs}
+    dtypes = {v.name: v.dtype.numpy().name for v in model.graph.inputs}
+    logits = next((v for v in model.graph.outputs if v.name == "logits"), None)
+    vocab = logits.shape[-1] if logits is not None and logits.shape is not None else None
+    return Manifest(
+        backend="onnxruntime", target="cpu", source_model=source.name, source_sha256=_sha256(source),
+        num_layers=report.num_layers, num_heads=report.num_heads, num_kv_heads=report.num_kv_heads,
+        head_dim=report.head_dim, kv_dtype=ir.DataType[report.kv_dtype.upper()].numpy().name,
+        block_size=options.block_size, num_blocks=num_blocks, layout=options.layout,
+        pools=tuple(LayerPools(p.layer, tuple(p.inputs), tuple(p.outputs)) for p in report.pools),
+        artifacts=(Artifact(MODEL_FILE, "any", inputs, dtypes),),
+        vocab_size=vocab if isinstance(vocab, int) else None,
+        abi=_abi_note(options.layout),
+    )
+
+
+def _abi_note(layout: str) -> dict:
+    combined = layout == "combined"
+    return {
+        "null_block": 0,
+        "slot": "block_id * block_size + position % block_size",
+        "block_table": "[batch, 2, max_blocks] int32: row 0 K blocks, row 1 V blocks" if combined
+        else "[batch, max_blocks] int32",
+        "slot_mapping": "[2, batch*seq] int32: row 0 K slots, row 1 V slots" if combined else "[batch*seq] int32",
+        "context_lens": "[batch] int32: tokens in the cache after this step",
+        "position_ids": "[batch, seq] int64: absolute position of each new token",
+        "visible": "key j is visible to the query at position p iff j <= p and j < context_lens[b]",
+    }
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _commit(staging: Path, out_dir: Path) -> None:
+    """Rename staging to out_dir; an existing out_dir is moved aside first and removed after."""
+    backup = None
+    if out_dir.exists():
+        backup = out_dir.with_name(f"{out_dir.name}.old-{staging.name.rsplit('-', 1)[-1]}")
+        out_dir.rename(backup)
+    staging.rename(out_dir)
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)

@@ -1,0 +1,98 @@
+"""manifest.json: what `pagedc compile` wrote and everything the runtime needs to drive it.
+
+The compiler writes it next to the artifacts; the runtime reads nothing else
+besides them. Unknown `format_version`s are refused rather than guessed at.
+
+Slot semantics (DESIGN.md §3), recorded in `abi` so a reader need not guess:
+slot = block_id * block_size + position % block_size; block 0 is the null
+block (padding only); separate layout: block_table [B, max_blocks] and
+slot_mapping [B*S]; combined layout: block_table [B, 2, max_blocks] and
+slot_mapping [2, B*S] (row 0 K, row 1 V; K and V blocks of one token may differ).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+FORMAT_VERSION = 1
+FILENAME = "manifest.json"
+
+
+class ManifestError(Exception):
+    """A manifest that is missing, malformed or of an unknown version."""
+
+
+@dataclass(frozen=True)
+class LayerPools:
+    layer: int
+    inputs: tuple[str, ...]    # ("key_cache.i", "value_cache.i") or ("kv_cache.i",)
+    outputs: tuple[str, ...]   # ("key_cache_out.i", "value_cache_out.i") or ("kv_cache_out.i",)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    path: str                    # relative to the manifest's directory
+    phase: str                   # "any" (dynamic shapes), "prefill" or "decode"
+    inputs: dict[str, list]      # input name -> shape (ints, or dim names when dynamic)
+    dtypes: dict[str, str]       # input name -> numpy dtype name
+
+
+@dataclass(frozen=True)
+class Manifest:
+    backend: str                 # "onnxruntime" | "migraphx"
+    target: str                  # "cpu" for ONNX Runtime; MIGraphX: "gpu" | "ref" | "cpu"
+    source_model: str
+    source_sha256: str           # of the source .onnx file (graph and inline tensors)
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    kv_dtype: str                # numpy dtype name of the pools
+    block_size: int
+    num_blocks: int              # pool blocks per layer, null block 0 included
+    layout: str                  # "separate" | "combined"
+    pools: tuple[LayerPools, ...]
+    artifacts: tuple[Artifact, ...]
+    vocab_size: int | None = None
+    abi: dict = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def write(self, directory: Path) -> Path:
+        path = Path(directory) / FILENAME
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def read(cls, path: str | Path) -> "Manifest":
+        path = Path(path)
+        if path.is_dir():
+            path = path / FILENAME
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ManifestError(f"{path}: no manifest here; point at a `pagedc compile` output directory") from None
+        except json.JSONDecodeError as err:
+            raise ManifestError(f"{path}: not valid JSON ({err})") from None
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ManifestError(f"{path}: manifest format_version {version!r} is not supported "
+                                f"(this pagedc reads version {FORMAT_VERSION}); recompile with this pagedc")
+        try:
+            data["pools"] = tuple(LayerPools(p["layer"], tuple(p["inputs"]), tuple(p["outputs"])) for p in data["pools"])
+            data["artifacts"] = tuple(Artifact(**a) for a in data["artifacts"])
+            return cls(**data)
+        except (KeyError, TypeError) as err:
+            raise ManifestError(f"{path}: malformed manifest ({err})") from None
+
+    def pool_shape(self) -> tuple[int, int, int, int]:
+        """[num_blocks, Hkv, block_size, Dh] of every pool."""
+        return (self.num_blocks, self.num_kv_heads, self.block_size, self.head_dim)
+
+    def bytes_per_block(self) -> int:
+        """Bytes one block id costs across all layers (K and V pools together in the separate layout)."""
+        per_pool = self.num_kv_heads * self.block_size * self.head_dim * np.dtype(self.kv_dtype).itemsize
+        return per_pool * self.num_layers * (2 if self.layout == "separate" else 1)
