@@ -101,11 +101,11 @@ def _inputs_of(value: ir.Value) -> Iterable[ir.Value]:
 
 
 def const_ints(value: ir.Value | None) -> list[int] | None:
-    """The integer contents of a small constant (initializer or Constant node), else None."""
+    """The contents of a small integer constant (initializer or Constant node), else None."""
     if value is None:
         return None
     tensor = ir.convenience.get_const_tensor(value)
-    if tensor is None or tensor.size > 64:
+    if tensor is None or tensor.size > 64 or not tensor.dtype.is_integer():
         return None
     return [int(x) for x in tensor.numpy().reshape(-1)]
 

@@ -142,7 +142,7 @@ def _window_size(nodes: list[ir.Node]) -> int | None:
         if node.op_type in ("Sub", "Add") and _feeds_compare(node):
             for operand in node.inputs:
                 value = gw.const_ints(operand)
-                if operand is not None and operand.dtype and operand.dtype.is_integer() and value and len(value) == 1 and abs(value[0]) > 1:
+                if value and len(value) == 1 and abs(value[0]) > 1:
                     return abs(value[0])
     return None
 

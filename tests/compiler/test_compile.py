@@ -1,0 +1,105 @@
+"""`pagedc compile`: outputs, manifest, atomicity, external weights."""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+import onnx_ir as ir
+import pytest
+from click.testing import CliRunner
+
+from pagedc.cli import main
+from pagedc.manifest import FILENAME, Manifest, ManifestError
+from pagedc.model_file import load_model
+from pagedc.passes.paged import rewrite_to_paged
+from pagedc.testing.build import build_decoder
+from pagedc.testing.config import DecoderConfig
+
+
+def _run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def _external_copy(tmp_path, form="decomposed", **config):
+    """A reference decoder saved with its weights in a separate .data file, as large exports are."""
+    path = tmp_path / "src" / "model.onnx"
+    path.parent.mkdir()
+    onnx.save(build_decoder(DecoderConfig(**config), form), str(path), save_as_external_data=True,
+              all_tensors_to_one_file=True, location="model.onnx.data", size_threshold=256)
+    return path
+
+
+def test_compile_writes_model_weights_and_manifest(tmp_path):
+    source = _external_copy(tmp_path)
+    out = tmp_path / "out"
+    result = _run("compile", source, "-o", out, "--block-size", "8", "--num-blocks", "64", "--layout", "combined")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(out)
+    assert "rewrote 2 layer(s): 2 decomposed" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == [FILENAME, "model.onnx", "model.onnx.data"]
+    manifest = Manifest.read(out)
+    assert (manifest.num_layers, manifest.num_heads, manifest.num_kv_heads, manifest.head_dim) == (2, 4, 2, 16)
+    assert (manifest.block_size, manifest.num_blocks, manifest.layout, manifest.kv_dtype) == (8, 64, "combined", "float32")
+    assert manifest.pools[1].inputs == ("kv_cache.1",) and manifest.pools[1].outputs == ("kv_cache_out.1",)
+    assert manifest.artifacts[0].inputs["block_table"] == ["batch_size", 2, "max_blocks"]
+    assert manifest.artifacts[0].dtypes["slot_mapping"] == "int32"
+    assert manifest.vocab_size == 97
+    onnx.checker.check_model(str(out / "model.onnx"), full_check=True)
+
+
+def test_kv_memory_sets_num_blocks(tmp_path, dense_model):
+    out = tmp_path / "out"
+    result = _run("compile", dense_model("gqa"), "-o", out, "--block-size", "16", "--kv-memory", "1MiB")
+    assert result.exit_code == 0, result.output
+    # 2 layers x (K + V) x 2 heads x 16 tokens x 16 dims x 4 bytes = 8 KiB per block
+    assert Manifest.read(out).num_blocks == 2**20 // 8192
+
+
+def test_rewrite_leaves_external_weights_unloaded(tmp_path):
+    model = load_model(_external_copy(tmp_path))
+    rewrite_to_paged(model)
+    external = [v.const_value for v in model.graph.initializers.values() if isinstance(v.const_value, ir.ExternalTensor)]
+    assert len(external) > 10
+    assert all(t._array is None for t in external), "the pass read weight data"
+
+
+def test_failed_compile_leaves_nothing_behind(tmp_path, dense_model):
+    out = tmp_path / "out"
+    result = _run("compile", dense_model("decomposed", sliding_window=3), "-o", out)
+    assert result.exit_code == 1
+    assert "layer 0 (decomposed, past_key_values.0.key): mask is 'sliding window 3'" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_output_needs_force(tmp_path, dense_model):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    result = _run("compile", dense_model("decomposed"), "-o", out)
+    assert result.exit_code == 1 and "already exists; pass --force" in result.stderr
+    assert (out / "keep.txt").exists()
+    result = _run("compile", dense_model("decomposed"), "-o", out, "--force", "--num-blocks", "8")
+    assert result.exit_code == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert not (out / "keep.txt").exists() and Manifest.read(out).num_blocks == 8
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--kv-memory", "lots"], "is not a size"),
+    (["--block-size", "0"], "0 is not in the range x>=1"),
+    (["--layout", "interleaved"], "'interleaved' is not one of"),
+])
+def test_bad_options_are_usage_errors(dense_model, tmp_path, args, message):
+    result = _run("compile", dense_model("decomposed"), "-o", tmp_path / "out", *args)
+    assert result.exit_code == 2 and message in result.stderr
+
+
+def test_manifest_of_unknown_version_is_refused(tmp_path, dense_model):
+    out = tmp_path / "out"
+    assert _run("compile", dense_model("decomposed"), "-o", out).exit_code == 0
+    data = json.loads((out / FILENAME).read_text())
+    data["format_version"] = 99
+    (out / FILENAME).write_text(json.dumps(data))
+    with pytest.raises(ManifestError, match="format_version 99 is not supported"):
+        Manifest.read(out)
