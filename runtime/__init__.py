@@ -1,1 +1,20 @@
-"""pagedc.runtime: runs compiled paged models (block manager, sessions, engine)."""
+"""pagedc.runtime: runs compiled paged models.
+
+    from pagedc.runtime import Engine, SamplingParams
+    engine = Engine.from_manifest("model.paged")
+    engine.generate([[1, 2, 3]], max_new_tokens=16)
+
+`PagedKVCacheManager` (block tables, slots) is usable alone; it knows nothing
+of devices.
+"""
+
+from pagedc.runtime.block_manager import PagedKVCacheManager
+from pagedc.runtime.engine import Engine, StepTimes
+from pagedc.runtime.feeds import NULL_BLOCK, SequenceStep, step_feeds
+from pagedc.runtime.ort_session import OrtPagedSession, SessionOptions
+from pagedc.runtime.sampling import SamplingParams, sample
+
+__all__ = [
+    "Engine", "NULL_BLOCK", "OrtPagedSession", "PagedKVCacheManager", "SamplingParams", "SequenceStep",
+    "SessionOptions", "StepTimes", "sample", "step_feeds",
+]
