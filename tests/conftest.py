@@ -10,17 +10,32 @@ import pytest
 
 from pagedc.model_file import load_model
 from pagedc.passes.paged import rewrite_to_paged
-from pagedc.testing.build import build_decoder
-from pagedc.testing.config import DecoderConfig
+from pagedc.testing import DecoderConfig, build_decoder
 
-# fp32 rewrites are algebraically exact up to summation order; fp16 is not.
-TOLERANCES = {
-    "float32": {"rtol": 1e-4, "atol": 1e-5},
-    "float16": {"rtol": 2e-2, "atol": 2e-2},
+# The suite's one tolerance table.
+#
+# ORT (CPU) vs reference_forward (NumPy float32), max abs difference.
+# float32: the graphs compute the reference's algebra; measured max 2e-6 over
+#   all forms/variants, so 1e-4 leaves 50x headroom and still catches any
+#   real mistake (a wrong mask entry or RoPE position moves logits by ~1e-1).
+# float16: weights, activations and KV are fp16 in ORT, float32 in NumPy. fp16
+#   spacing is 2e-3 at |x| in [2, 4) and 3.9e-3 in [4, 8); presents reach 4.3
+#   and logits 3.5. Measured max 3.7e-3 (presents) / 1.9e-3 (logits) over 5
+#   seeds, on real tokens only (fully masked padding rows use fp16's own
+#   finfo.min and are not comparable). Tolerance: 1e-2 abs + 1e-2 rel.
+TOLERANCE = {
+    "float32": {"atol": 1e-4, "rtol": 0.0},
+    "float16": {"atol": 1e-2, "rtol": 1e-2},
 }
-# Paged vs dense logits on real-size graphs: masked positions add exact zeros,
-# but MatMul blocking over a longer context changes summation order.
+# Paged vs dense logits (fp32): the rewrite is algebraically exact; masked keys
+# add exact zeros, but MatMul blocking over a longer context changes the
+# summation order.
 PAGED_ATOL = 1e-4
+
+
+@pytest.fixture
+def tolerance():
+    return TOLERANCE
 
 
 @pytest.fixture(scope="session")

@@ -7,8 +7,8 @@ Per layer, the attention site the passes anchor on:
                                         │
                        [GQA/MQA only] Unsqueeze ─ Expand ─ Reshape        (repeat_kv)
                                         │
-    q ─ Reshape ─ Transpose ─ RoPE ─ MatMul(q, Transpose(k)) ─ Mul(scale) ─ Add(mask) ─ Softmax ─ MatMul(·, v)
-                                                                                          ─ Transpose ─ Reshape ─ o_proj
+    q ─ Reshape ─ Transpose ─ RoPE ─ MatMul(q, Transpose(k)) ─ Mul(scale) ─ Add(mask) ─ Softmax
+        ─ MatMul(·, v) ─ Transpose ─ Reshape ─ o_proj
 
 The additive mask `[B, 1, S, T]` is built once from `attention_mask` and
 shapes, as transformers' sdpa/eager mask helpers export it:
@@ -111,11 +111,25 @@ def _rope_cos_sin(g: GraphBuilder, config: DecoderConfig, position_ids: str) -> 
     return out[0], out[1]
 
 
-def _attention(g, config, weights, init_name, h, i, *, batch, seq, mask, rope, past) -> str:
+def _attention(
+    g: GraphBuilder,
+    config: DecoderConfig,
+    weights: dict,
+    init_name: blocks.InitName,
+    h: str,
+    i: int,
+    *,
+    batch: str,
+    seq: str,
+    mask: str,
+    rope: tuple[str, str],
+    past: tuple[str, str],
+) -> str:
     p = layer_prefix(i)
-    q = _split_heads(g, config, blocks.linear(g, weights, init_name, h, f"{p}.self_attn.q_proj.weight"), batch, seq)
-    k = _split_heads(g, config, blocks.linear(g, weights, init_name, h, f"{p}.self_attn.k_proj.weight"), batch, seq)
-    v = _split_heads(g, config, blocks.linear(g, weights, init_name, h, f"{p}.self_attn.v_proj.weight"), batch, seq)
+    q, k, v = (
+        _split_heads(g, config, blocks.linear(g, weights, init_name, h, f"{p}.self_attn.{name}.weight"), batch, seq)
+        for name in ("q_proj", "k_proj", "v_proj")
+    )
     q, k = _apply_rope(g, config, q, *rope), _apply_rope(g, config, k, *rope)  # [B, H, S, Dh], [B, Hkv, S, Dh]
     present_key, present_value = blocks.present_names(i)
     key = g.op("Concat", past[0], k, axis=-2, outputs=[present_key])  # [B, Hkv, T, Dh]
@@ -151,7 +165,8 @@ def _repeat_kv(g: GraphBuilder, config: DecoderConfig, x: str) -> str:
     if n_rep == 1:
         return x
     batch, total = _dims(g, x, [0, 2])
-    expanded_shape = g.op("Concat", batch, g.const([config.num_kv_heads, n_rep]), total, g.const([config.head_dim]), axis=0)
+    head_dim = g.const([config.head_dim])
+    expanded_shape = g.op("Concat", batch, g.const([config.num_kv_heads, n_rep]), total, head_dim, axis=0)
     expanded = g.op("Expand", g.op("Unsqueeze", x, g.const([2])), expanded_shape)  # [B, Hkv, n_rep, T, Dh]
-    shape = g.op("Concat", batch, g.const([config.num_heads]), total, g.const([config.head_dim]), axis=0)
+    shape = g.op("Concat", batch, g.const([config.num_heads]), total, head_dim, axis=0)
     return g.op("Reshape", expanded, shape)  # [B, H, T, Dh]

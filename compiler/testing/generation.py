@@ -93,5 +93,6 @@ def steps_max_diff(actual: list[Step], expected: list[Step], form: str, *, real_
         for a_kv, e_kv in zip(a.present, e.present, strict=True):
             for a_x, e_x in zip(a_kv, e_kv):
                 diff = np.abs(a_x.astype(np.float32) - e_x).transpose(0, 2, 1, 3)  # [B, T, Hkv, Dh]
-                present_diff = max(present_diff, float((diff[real_cache_entries(e, form)] if real_only else diff).max()))
+                diff = diff[real_cache_entries(e, form)] if real_only else diff
+                present_diff = max(present_diff, float(diff.max()))
     return logits_diff, present_diff

@@ -16,6 +16,11 @@ Per layer, one node with genai's 12 inputs (the last three empty):
     attrs: num_heads, kv_num_heads, do_rotary=1, rotary_interleaved=0, scale=1/sqrt(Dh)
            [, local_window_size=sliding_window]
 
+Measured on ORT 1.32 CPU: local_window_size=W lets query p see keys p - W < j <= p
+(W keys, its own included), the same window as form A's sliding_window mask.
+ORT 1.32's schema has 17 inputs (query_seqlens, k_scale, ... after head_sink);
+genai 0.18 emits the first 12.
+
 Constants are initializers and weights carry genai's names
 (`model.layers.{i}.attn.q_proj.MatMul.weight`). RMSNorm and the MLP are the
 decomposed ONNX ops of `blocks` rather than genai's SimplifiedLayerNormalization
@@ -95,7 +100,16 @@ def _seqlens(g: GraphBuilder, attention_mask: str) -> tuple[str, str]:
     return seqlens_k, g.op("Cast", total, to=INT32)
 
 
-def _attention(g, config, weights, init_name, h, i, past, **shared) -> str:
+def _attention(
+    g: GraphBuilder,
+    config: DecoderConfig,
+    weights: dict,
+    init_name: blocks.InitName,
+    h: str,
+    i: int,
+    past: tuple[str, str],
+    **shared: str,
+) -> str:
     p = layer_prefix(i)
     g.scope = f"/model/layers.{i}/attn"
     q = blocks.linear(g, weights, init_name, h, f"{p}.self_attn.q_proj.weight")  # [B, S, H*Dh]

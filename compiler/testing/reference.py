@@ -59,8 +59,23 @@ class Site:
     is_additive_mask: bool  # True: HF finfo.min mask; False: GQA (fully masked row -> 0)
 
 
-def reference_forward(config, weights, input_ids, attention_mask, position_ids, past, *, form="decomposed"):
-    """Logits `[B, S, V]` float32 and present `[(key, value)]` `[B, Hkv, T, Dh]` float32."""
+def reference_forward(
+    config: DecoderConfig,
+    weights: dict[str, np.ndarray],
+    input_ids: np.ndarray,
+    attention_mask: np.ndarray,
+    position_ids: np.ndarray | None,
+    past: list[KV],
+    *,
+    form: str = "decomposed",
+) -> tuple[np.ndarray, list[KV]]:
+    """Logits `[B, S, V]` and present `[(key, value)]` `[B, Hkv, T, Dh]`, float32, for one step.
+
+    input_ids `[B, S]`, attention_mask `[B, T]` (T = P + S), past `[B, Hkv, P, Dh]`
+    per layer (P may be 0). form "decomposed" needs position_ids `[B, S]`; form
+    "gqa" derives them like ORT when position_ids is None (gqa_position_ids).
+    fp16 weights and past are upcast: this is the fp16 model in float32 math.
+    """
     w = {name: np.asarray(array, dtype=np.float32) for name, array in weights.items()}
     input_ids = np.asarray(input_ids)
     past = [(np.asarray(k, np.float32), np.asarray(v, np.float32)) for k, v in past]
@@ -106,7 +121,7 @@ def _gqa_site(config, mask, position_ids, past_len, seq_len) -> Site:
     """ORT GroupQueryAttention: sequence b is compact in cache rows [0, sum(mask[b]))."""
     batch, total = mask.shape
     if past_len > 0 and seq_len > 1 and batch > 1:
-        raise ValueError("GroupQueryAttention accepts sequence_length > 1 with a past only for batch_size 1")
+        raise ValueError("GroupQueryAttention: batch_size must be 1 when sequence_length > 1 and past context is given")
     num_tokens = mask.sum(axis=1).astype(np.int64)  # [B] = seqlens_k + 1
     start = np.zeros(batch, np.int64) if past_len == 0 else num_tokens - seq_len  # [B] first new cache index
     query_index = (start[:, None] + np.arange(seq_len))[..., None]  # [B, S, 1]
