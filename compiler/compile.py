@@ -29,6 +29,7 @@ from pagedc.passes.paged import RewriteReport, rewrite_to_paged
 log = logging.getLogger(__name__)
 MODEL_FILE = "model.onnx"
 DEFAULT_KV_MEMORY = 256 * 2**20
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "genai_config.json")
 
 
 class CompileError(Exception):
@@ -62,12 +63,21 @@ def compile_model(source: Path, out_dir: Path, options: CompileOptions,
         ir.save(model, str(staging / MODEL_FILE), external_data=MODEL_FILE + ".data")
         manifest = _manifest(source, model, report, num_blocks, options)
         manifest.write(staging)
+        _copy_tokenizer(source.parent, staging, progress)
         _commit(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     progress(f"wrote {out_dir} ({num_blocks} blocks of {options.block_size} tokens, {options.layout} K/V)")
     return manifest
+
+
+def _copy_tokenizer(source_dir: Path, staging: Path, progress: Callable[[str], None]) -> None:
+    """`pagedc generate --prompt` reads tokenizer.json from the output; bring the source's along."""
+    for name in TOKENIZER_FILES:
+        if (source_dir / name).is_file():
+            shutil.copy2(source_dir / name, staging / name)
+            progress(f"copied {name}")
 
 
 def _check_out_dir(out_dir: Path, overwrite: bool) -> None:

@@ -38,20 +38,34 @@ class DenseRunner:
 
     def run(self, tokens: list[int], chunks: list[int]) -> list[np.ndarray]:
         """Logits [chunk_len, V] of each chunk of `tokens` (chunk lengths sum to len(tokens))."""
-        past = {name: np.zeros((1, *self.kv_shape[:1], 0, self.kv_shape[1]), self.dtype) for name, _ in self.kv}
-        start, logits = 0, []
+        past, start, logits = self._empty_past(), 0, []
         for size in chunks:
-            ids = np.asarray([tokens[start : start + size]], np.int64)
-            feed = {"input_ids": ids, **past}
-            if "attention_mask" in self.inputs:
-                feed["attention_mask"] = np.ones((1, start + size), np.int64)
-            if "position_ids" in self.inputs:
-                feed["position_ids"] = np.arange(start, start + size, dtype=np.int64)[None]
-            outputs = dict(zip([o.name for o in self.session.get_outputs()], self.session.run(None, feed)))
-            past = {p: outputs[q] for p, q in self.kv}
-            logits.append(outputs["logits"][0])
+            step_logits, past = self._step(tokens[start : start + size], start, past)
+            logits.append(step_logits)
             start += size
         return logits
+
+    def greedy(self, prompt: list[int], max_new_tokens: int) -> list[int]:
+        """The dense-cache greedy loop: prefill, then one token per step with the cache fed back."""
+        logits, past = self._step(prompt, 0, self._empty_past())
+        out = [int(np.argmax(logits[-1]))]
+        while len(out) < max_new_tokens:
+            logits, past = self._step(out[-1:], len(prompt) + len(out) - 1, past)
+            out.append(int(np.argmax(logits[-1])))
+        return out
+
+    def _empty_past(self) -> dict[str, np.ndarray]:
+        return {name: np.zeros((1, self.kv_shape[0], 0, self.kv_shape[1]), self.dtype) for name, _ in self.kv}
+
+    def _step(self, tokens: list[int], start: int, past: dict) -> tuple[np.ndarray, dict]:
+        size = len(tokens)
+        feed = {"input_ids": np.asarray([tokens], np.int64), **past}
+        if "attention_mask" in self.inputs:
+            feed["attention_mask"] = np.ones((1, start + size), np.int64)
+        if "position_ids" in self.inputs:
+            feed["position_ids"] = np.arange(start, start + size, dtype=np.int64)[None]
+        outputs = dict(zip([o.name for o in self.session.get_outputs()], self.session.run(None, feed)))
+        return outputs["logits"][0], {p: outputs[q] for p, q in self.kv}
 
 
 class PagedRunner:
