@@ -81,6 +81,7 @@ def rewrite_to_paged(model: ir.Model, *, block_size: int = 16, layout: str = "se
         _name_pool_outputs(graph, site, outs, layout)
         report.pools.append(PoolNames(site.layer, [p.name for p in pools], [o.name for o in outs]))
         report.rewrites[site.form] = report.rewrites.get(site.form, 0) + 1
+    report.rewrites.update(builder.rule_counts)
     _cleanup(model)
     report.removed_inputs = _remove_inputs(graph, kv_inputs)
     report.removed_outputs = [n for s in sites for n in (s.present_key, s.present_value)]

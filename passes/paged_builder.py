@@ -4,10 +4,14 @@ Letters: B batch, S new tokens per sequence, N = B·S, H heads, Hkv KV heads,
 G = H / Hkv, Dh head dim, MB max blocks per sequence, bs block_size,
 T = MB·bs (context a sequence can see), NB num_blocks.
 
-    slot_mapping [N] ─▶ (block, head, offset) indices [N, Hkv, 3]          (once per graph)
-    key_cache.{i} [NB,Hkv,bs,Dh] ─ScatterND(indices, new_key [N,Hkv,Dh])─▶ key_cache_out.{i}
-    key_cache_out.{i} ─Gather(block_table [B,MB], axis 0)─▶ [B,MB,Hkv,bs,Dh] ─▶ key [B,Hkv,T,Dh]
+    slot_mapping [N] ─▶ write indices [B, Hkv, S, 3] (block, head, offset)       (once per graph)
+    block_table [B,MB] ─▶ read indices [B, Hkv, T, 3]: position j -> (block_table[b, j // bs], h, j % bs)
+    key_cache.{i} [NB,Hkv,bs,Dh] ─ScatterND(write indices, new_key [B,Hkv,S,Dh])─▶ key_cache_out.{i}
+    key_cache_out.{i} ─GatherND(read indices)─▶ key [B,Hkv,T,Dh]
     position_ids, context_lens ─▶ mask [B,1,S,T]: key j visible iff j <= position and j < context_len
+
+Index tensors are built once per graph and shared by every layer, so a layer
+adds only its ScatterND and GatherND ops, and no transpose of the context.
 
 Worked example, block_size=4, block_table=[7, 2]: positions 0..3 live in slots
 28..31 and positions 4..7 in slots 8..11; slot 9 = block 2, offset 1.
@@ -15,7 +19,7 @@ Worked example, block_size=4, block_table=[7, 2]: positions 0..3 live in slots
 Combined layout: one pool per layer holds both K and V blocks; `block_table`
 is [B, 2, MB] (row 0 K blocks, row 1 V blocks) and `slot_mapping` is [2, N]
 (row 0 K slots, row 1 V slots), so K and V of one token may live in
-different blocks. One ScatterND writes both.
+different blocks. One ScatterND writes both (indices and updates stacked [2, ...]).
 
 NOTE: every read of a pool consumes the ScatterND output and nothing else
 reads the pool input: under ONNX Runtime IOBinding input and output share
@@ -51,12 +55,16 @@ class PagedBuilder:
         self.added_position_ids = position_ids is None
         self._cache: dict[tuple, ir.Value] = {}
         self._num_consts = 0
+        self.rule_counts: dict[str, int] = {}   # rewrite rule -> layers it was applied to
 
     # -- small helpers -------------------------------------------------------------
     def _input(self, name: str, dtype: ir.DataType, dims: list) -> ir.Value:
         value = ir.Value(name=name, type=ir.TensorType(dtype), shape=ir.Shape(dims))
         self.graph.inputs.append(value)
         return value
+
+    def count(self, rule: str) -> None:
+        self.rule_counts[rule] = self.rule_counts.get(rule, 0) + 1
 
     def const(self, array, dtype=np.int64) -> ir.Value:
         self._num_consts += 1
@@ -72,17 +80,64 @@ class PagedBuilder:
         return self._input(name, dtype, dims)
 
     # -- shared per graph ----------------------------------------------------------
-    def write_indices(self, num_kv_heads: int) -> ir.Value:
-        """[N, Hkv, 3] int64 (block, head, offset) for every slot (combined: [2N, Hkv, 3], K rows first)."""
-        key = ("indices", num_kv_heads)
+    def write_indices(self, num_kv_heads: int, tokens_first: bool) -> ir.Value:
+        """(block, head, offset) int64 indices of each new token's K/V rows.
+
+        [B, Hkv, S, 3] for new K/V laid out [B, Hkv, S, Dh] (form A), [B, S, Hkv, 3] for
+        [B, S, Hkv, Dh] (tokens_first, form B); combined layout: [2, ...] with K first.
+        ScatterND then takes the new K/V as they are, with no transpose.
+        """
+        key = ("write", num_kv_heads, tokens_first)
         if key not in self._cache:
-            slots = self.op("Cast", self.op("Reshape", self.slot_mapping, self.const([-1, 1, 1])), to=INT64)
-            block = self.op("Div", slots, self.const(self.block_size))      # [N, 1, 1]
-            offset = self.op("Mod", slots, self.const(self.block_size))     # [N, 1, 1]
-            heads = self.const(np.arange(num_kv_heads).reshape(1, num_kv_heads, 1))
-            shape = self.op("Concat", self.op("Shape", slots, end=1), self.const([num_kv_heads, 1]), axis=0)
-            parts = [self.op("Expand", part, shape) for part in (block, heads, offset)]
-            self._cache[key] = self.op("Concat", *parts, axis=-1)
+            rows = [2] if self.is_combined else []
+            batch_seq = self.op("Shape", self.position_ids)                                   # [B, S]
+            slots = self.op("Reshape", self.slot_mapping, self.op("Concat", self.const(rows or [1]), batch_seq, axis=0))
+            slots = self.op("Unsqueeze", self.op("Cast", slots, to=INT64), self.const([-1]))  # [R, B, S, 1]
+            head_axis = -2 if tokens_first else -3
+            slots = self.op("Unsqueeze", slots, self.const([head_axis]))                      # [R, B, 1, S, 1] | [R, B, S, 1, 1]
+            heads = np.arange(num_kv_heads).reshape((num_kv_heads, 1) if tokens_first else (num_kv_heads, 1, 1))
+            indices = self._index_triples(self.op("Div", slots, self.const(self.block_size)), heads,
+                                          self.op("Mod", slots, self.const(self.block_size)))
+            if not self.is_combined:
+                indices = self.op("Squeeze", indices, self.const([0]))
+            self._cache[key] = indices
+        return self._cache[key]
+
+    def read_indices(self, row: int, num_kv_heads: int) -> ir.Value:
+        """[B, Hkv, T, 3] int64 (block, head, offset) of every key position j < T = MB·bs of each sequence."""
+        key = ("read", row, num_kv_heads)
+        if key not in self._cache:
+            key_pos = self.op("Range", self.const(0), self.context_width(), self.const(1))        # [T]
+            block_ids = self.op("Gather", self.block_ids(row), self.op("Div", key_pos, self.const(self.block_size)),
+                                axis=1)                                                          # [B, T]
+            blocks = self.op("Unsqueeze", self.op("Cast", block_ids, to=INT64), self.const([1, 3]))  # [B, 1, T, 1]
+            offsets = self.op("Unsqueeze", self.op("Mod", key_pos, self.const(self.block_size)), self.const([1]))
+            heads = np.arange(num_kv_heads).reshape(num_kv_heads, 1, 1)
+            self._cache[key] = self._index_triples(blocks, heads, offsets)
+        return self._cache[key]
+
+    def _index_triples(self, blocks: ir.Value, heads: np.ndarray, offsets: ir.Value) -> ir.Value:
+        """Broadcast block ids, head ids and offsets to one shape and stack them on a new last axis."""
+        zeros = self.const(np.zeros_like(heads))
+        blocks = self.op("Add", blocks, zeros)                                   # block id for every head
+        like = self.op("Mul", blocks, self.const(0))
+        parts = [blocks, self.op("Add", like, self.const(heads)), self.op("Add", like, offsets)]
+        return self.op("Concat", *parts, axis=-1)
+
+    def context_width(self) -> ir.Value:
+        """T = max_blocks · block_size as a scalar."""
+        if "width" not in self._cache:
+            num_blocks = self.op("Shape", self.block_ids(0), start=1, end=2)
+            self._cache["width"] = self.op("Squeeze", self.op("Mul", num_blocks, self.const([self.block_size])),
+                                           self.const([0]))
+        return self._cache["width"]
+
+    def heads_shape(self, num_heads: int) -> ir.Value:
+        """[0, num_heads, -1, T]: a Reshape target that regroups scores [B, ·, ·, T] by heads."""
+        key = ("heads_shape", num_heads)
+        if key not in self._cache:
+            width = self.op("Unsqueeze", self.context_width(), self.const([0]))
+            self._cache[key] = self.op("Concat", self.const([0, num_heads, -1]), width, axis=0)
         return self._cache[key]
 
     def block_ids(self, row: int) -> ir.Value:
@@ -97,9 +152,7 @@ class PagedBuilder:
     def visible(self) -> ir.Value:
         """[B, 1, S, T] bool: key j is visible to the query at position p iff j <= p and j < context_len."""
         if "visible" not in self._cache:
-            num_blocks = self.op("Shape", self.block_ids(0), start=1, end=2)
-            total = self.op("Squeeze", self.op("Mul", num_blocks, self.const([self.block_size])), self.const([0]))
-            key_pos = self.op("Range", self.const(0), total, self.const(1))                        # [T]
+            key_pos = self.op("Range", self.const(0), self.context_width(), self.const(1))        # [T]
             query_pos = self.op("Unsqueeze", self.position_ids, self.const([2]))                  # [B, S, 1]
             context = self.op("Cast", self.op("Reshape", self.context_lens, self.const([-1, 1, 1])), to=INT64)
             causal = self.op("LessOrEqual", key_pos, query_pos)                                   # [B, S, T]
@@ -118,32 +171,22 @@ class PagedBuilder:
         return self._cache[key]
 
     # -- per layer -----------------------------------------------------------------
-    def write_and_read(self, pool: ir.Value, new_key: ir.Value, new_value: ir.Value,
-                       num_kv_heads: int, head_dim: int, value_pool: ir.Value | None = None):
-        """Scatter new K/V ([N, Hkv, Dh]) into the pool(s); gather each sequence's K and V [B, Hkv, T, Dh].
+    def write_and_read(self, pools: list[ir.Value], new_key: ir.Value, new_value: ir.Value,
+                       num_kv_heads: int, tokens_first: bool = False):
+        """Scatter the new K/V into the pool(s); gather each sequence's K and V [B, Hkv, T, Dh].
 
-        Returns (pool outputs, key, value); separate layout passes `value_pool`.
+        new_key/new_value are [B, Hkv, S, Dh], or [B, S, Hkv, Dh] with tokens_first.
+        Returns (pool outputs, key, value).
         """
-        indices = self.write_indices(num_kv_heads)
+        indices = self.write_indices(num_kv_heads, tokens_first)
         if self.is_combined:
-            updates = self.op("Concat", new_key, new_value, axis=0)   # [2N, Hkv, Dh]
-            pool_out = self.op("ScatterND", pool, indices, updates)
-            outs = [pool_out]
-            key_src, value_src = pool_out, pool_out
+            axis = self.const([0])
+            updates = self.op("Concat", self.op("Unsqueeze", new_key, axis), self.op("Unsqueeze", new_value, axis), axis=0)
+            outs = [self.op("ScatterND", pools[0], indices, updates)]
+            key_src = value_src = outs[0]
         else:
-            key_src = self.op("ScatterND", pool, indices, new_key)
-            value_src = self.op("ScatterND", value_pool, indices, new_value)
-            outs = [key_src, value_src]
-        key = self._read(key_src, self.block_ids(0), num_kv_heads, head_dim)
-        value = self._read(value_src, self.block_ids(1), num_kv_heads, head_dim)
+            outs = [self.op("ScatterND", pools[0], indices, new_key), self.op("ScatterND", pools[1], indices, new_value)]
+            key_src, value_src = outs
+        key = self.op("GatherND", key_src, self.read_indices(0, num_kv_heads))           # [B, Hkv, T, Dh]
+        value = self.op("GatherND", value_src, self.read_indices(1, num_kv_heads))
         return outs, key, value
-
-    def _read(self, pool_out: ir.Value, block_ids: ir.Value, num_kv_heads: int, head_dim: int) -> ir.Value:
-        blocks = self.op("Gather", pool_out, block_ids, axis=0)                 # [B, MB, Hkv, bs, Dh]
-        blocks = self.op("Transpose", blocks, perm=[0, 2, 1, 3, 4])             # [B, Hkv, MB, bs, Dh]
-        return self.op("Reshape", blocks, self.const([0, num_kv_heads, -1, head_dim]))  # [B, Hkv, T, Dh]
-
-    def tokens(self, x_BHSDh: ir.Value, num_heads: int, head_dim: int) -> ir.Value:
-        """[B, Hkv, S, Dh] -> [N, Hkv, Dh], rows in (b, s) order like slot_mapping."""
-        x = self.op("Transpose", x_BHSDh, perm=[0, 2, 1, 3])
-        return self.op("Reshape", x, self.const([-1, num_heads, head_dim]))

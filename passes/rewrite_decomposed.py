@@ -2,8 +2,11 @@
 
     before:  past_key ─Concat(-2)─▶ present_key ──▶ (repeat-kv, Kᵀ) MatMul ─▶ Add(mask) ─▶ Softmax ─▶ …
              new_key ─┘
-    after:   new_key ─▶ [N,Hkv,Dh] ─ScatterND▶ key_cache_out.{i} ─Gather(block_table)▶ key [B,Hkv,T,Dh] ─▶ (repeat-kv, Kᵀ) MatMul
-             key_cache.{i} ─┘                                      paged mask [B,1,S,T] ─▶ Add ─▶ Softmax ─▶ …
+    after:   key_cache.{i} ─ScatterND(new_key)─▶ key_cache_out.{i} ─GatherND─▶ key [B,Hkv,T,Dh] ─▶ (repeat-kv, Kᵀ) MatMul
+             paged mask [B,1,S,T] ─▶ Add ─▶ Softmax ─▶ …
+
+When K and V reach their MatMuls only through repeat-kv, the layer also
+attends per KV-head group (grouped_attention.py) instead of repeating K/V.
 
 Everything the source derived from the past's shape (past length, total
 length) is rebuilt from the gathered K: a virtual past of T - S tokens, so
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
+from pagedc.passes.grouped_attention import can_group, group_attention
 from pagedc.passes.paged_builder import PagedBuilder
 from pagedc.passes.site import AttentionSite
 
@@ -33,11 +37,9 @@ def check_decomposed(site: AttentionSite) -> str | None:
 def rewrite_decomposed(site: AttentionSite, builder: PagedBuilder, pools: list[ir.Value]) -> list[ir.Value]:
     """Rewire one layer onto its pool(s); returns the pool outputs."""
     key_concat, value_concat = site.nodes["key_concat"], site.nodes["value_concat"]
-    hkv, dh = site.num_kv_heads, site.head_dim
-    new_key = builder.tokens(key_concat.inputs[1], hkv, dh)
-    new_value = builder.tokens(value_concat.inputs[1], hkv, dh)
-    value_pool = pools[1] if len(pools) > 1 else None
-    outs, key, value = builder.write_and_read(pools[0], new_key, new_value, hkv, dh, value_pool)
+    is_grouped = can_group(site)   # checked on the original K/V paths, before they are rewired
+    new_key, new_value = key_concat.inputs[1], value_concat.inputs[1]       # [B, Hkv, S, Dh]
+    outs, key, value = builder.write_and_read(pools, new_key, new_value, site.num_kv_heads)
     _repair_past_shapes(key_concat.inputs[0], key, key_concat.inputs[1], builder)
     _repair_past_shapes(value_concat.inputs[0], value, value_concat.inputs[1], builder)
     _drop_graph_output(builder.graph, key_concat.outputs[0], site.present_key)
@@ -45,6 +47,9 @@ def rewrite_decomposed(site: AttentionSite, builder: PagedBuilder, pools: list[i
     key_concat.outputs[0].replace_all_uses_with(key)
     value_concat.outputs[0].replace_all_uses_with(value)
     _replace_mask(site.nodes["mask_add"], site, builder)
+    if is_grouped:
+        group_attention(site, builder, key, value)
+        builder.count("grouped attention (repeat-kv removed)")
     return outs
 
 

@@ -3,8 +3,8 @@
     before:  GroupQueryAttention(query [B,S,H·Dh], key [B,S,Hkv·Dh], value, past_key, past_value,
                                  seqlens_k, total_sequence_length, cos_cache, sin_cache, ...)
              -> output [B,S,H·Dh], present_key, present_value
-    after:   q, k ─rotary(cos_cache, sin_cache at position_ids)─▶ k [N,Hkv,Dh] ─ScatterND▶ key_cache_out.{i}
-             q [B,Hkv,G,S,Dh] · Kᵀ [B,Hkv,1,Dh,T] ─▶ scale ─▶ Add(mask) ─▶ Softmax ─▶ · V [B,Hkv,1,T,Dh]
+    after:   q, k ─rotary(cos_cache, sin_cache at position_ids)─▶ k [B,S,Hkv,Dh] ─ScatterND▶ key_cache_out.{i}
+             q [B,Hkv,G·S,Dh] · Kᵀ [B,Hkv,Dh,T] ─▶ scale ─▶ Add(mask) ─▶ Softmax ─▶ · V [B,Hkv,T,Dh]
              ─▶ [B,S,H·Dh]
 
 Queries are grouped per KV head (head h reads KV head h // G, as GQA does), so
@@ -51,10 +51,7 @@ def rewrite_gqa(site: AttentionSite, builder: PagedBuilder, pools: list[ir.Value
         interleaved = bool(_attr(node, "rotary_interleaved", 0))
         q = apply_rotary(b, q, node.inputs[7], node.inputs[8], interleaved, dh)
         k = apply_rotary(b, k, node.inputs[7], node.inputs[8], interleaved, dh)
-    new_key = b.op("Reshape", k, b.const([-1, hkv, dh]))            # [N, Hkv, Dh]
-    new_value = b.op("Reshape", v, b.const([-1, hkv, dh]))
-    value_pool = pools[1] if len(pools) > 1 else None
-    outs, key, value = b.write_and_read(pools[0], new_key, new_value, hkv, dh, value_pool)
+    outs, key, value = b.write_and_read(pools, k, v, hkv, tokens_first=True)
     scale = _attr(node, "scale", 0.0) or 1.0 / math.sqrt(dh)
     out = grouped_attention(b, q, key, value, h, hkv, dh, scale, _attr(node, "softcap", 0.0), pools[0].dtype)
     node.outputs[0].replace_all_uses_with(out)
@@ -93,19 +90,21 @@ def apply_rotary(b: PagedBuilder, x: ir.Value, cos_cache: ir.Value, sin_cache: i
 
 def grouped_attention(b: PagedBuilder, q_BSHDh: ir.Value, key: ir.Value, value: ir.Value,
                       h: int, hkv: int, dh: int, scale: float, softcap: float, dtype: ir.DataType) -> ir.Value:
-    """softmax(q·Kᵀ·scale + mask)·V with q grouped per KV head; returns [B, S, H·Dh]."""
-    g = h // hkv
+    """softmax(q·Kᵀ·scale + mask)·V with the G query heads of a KV head stacked as rows; returns [B, S, H·Dh].
+
+    [B, H, S, ·] and [B, Hkv, G·S, ·] are the same memory (head h = kv·G + g), so
+    the Reshapes between them are free and K/V [B, Hkv, T, Dh] are never repeated.
+    """
     np_dtype = dtype.numpy()
-    q = b.op("Transpose", q_BSHDh, perm=[0, 2, 1, 3])                             # [B, H, S, Dh]
-    q = b.op("Reshape", q, b.const([0, hkv, g, -1, dh]))                           # [B, Hkv, G, S, Dh]
-    key_t = b.op("Transpose", b.op("Unsqueeze", key, b.const([2])), perm=[0, 1, 2, 4, 3])  # [B, Hkv, 1, Dh, T]
-    scores = b.op("Mul", b.op("MatMul", q, key_t), b.const(scale, dtype=np_dtype))  # [B, Hkv, G, S, T]
+    q = b.op("Transpose", q_BSHDh, perm=[0, 2, 1, 3])                                   # [B, H, S, Dh]
+    q = b.op("Reshape", q, b.const([0, hkv, -1, dh]))                                    # [B, Hkv, G·S, Dh]
+    scores = b.op("MatMul", q, b.op("Transpose", key, perm=[0, 1, 3, 2]))               # [B, Hkv, G·S, T]
+    scores = b.op("Mul", b.op("Reshape", scores, b.heads_shape(h)), b.const(scale, dtype=np_dtype))  # [B, H, S, T]
     if softcap:
         capped = b.op("Tanh", b.op("Div", scores, b.const(softcap, dtype=np_dtype)))
         scores = b.op("Mul", capped, b.const(softcap, dtype=np_dtype))
-    mask = b.op("Unsqueeze", b.additive_mask(dtype), b.const([1]))                # [B, 1, 1, S, T]
-    probs = b.op("Softmax", b.op("Add", scores, mask), axis=-1)
-    out = b.op("MatMul", probs, b.op("Unsqueeze", value, b.const([2])))            # [B, Hkv, G, S, Dh]
-    out = b.op("Reshape", out, b.const([0, h, -1, dh]))                            # [B, H, S, Dh]
-    out = b.op("Transpose", out, perm=[0, 2, 1, 3])                                # [B, S, H, Dh]
+    probs = b.op("Softmax", b.op("Add", scores, b.additive_mask(dtype)), axis=-1)       # mask [B, 1, S, T]
+    out = b.op("MatMul", b.op("Reshape", probs, b.heads_shape(hkv)), value)             # [B, Hkv, G·S, Dh]
+    out = b.op("Reshape", out, b.const([0, h, -1, dh]))                                 # [B, H, S, Dh]
+    out = b.op("Transpose", out, perm=[0, 2, 1, 3])                                     # [B, S, H, Dh]
     return b.op("Reshape", out, b.const([0, 0, h * dh]))

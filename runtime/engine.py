@@ -34,12 +34,36 @@ class _Request:
 
 
 @dataclass
-class StepTimes:
-    """Wall time of engine steps and of the session.run inside them (the rest is engine overhead)."""
+class PhaseTimes:
+    """Wall time of one kind of step (feeds, run, sampling) and of the session.run inside it."""
 
     num_steps: int = 0
+    num_tokens: int = 0     # tokens sampled
     step_s: float = 0.0
     run_s: float = 0.0
+
+    @property
+    def overhead_share(self) -> float:
+        """Share of step time spent outside session.run (the engine's own Python work)."""
+        return (self.step_s - self.run_s) / self.step_s if self.step_s else 0.0
+
+
+@dataclass
+class StepTimes:
+    prefill: PhaseTimes = field(default_factory=PhaseTimes)
+    decode: PhaseTimes = field(default_factory=PhaseTimes)
+
+    @property
+    def num_steps(self) -> int:
+        return self.prefill.num_steps + self.decode.num_steps
+
+    @property
+    def step_s(self) -> float:
+        return self.prefill.step_s + self.decode.step_s
+
+    @property
+    def run_s(self) -> float:
+        return self.prefill.run_s + self.decode.run_s
 
     @property
     def overhead_share(self) -> float:
@@ -146,9 +170,11 @@ class Engine:
         logits = self.session.run(feeds)                               # [B, S, V]
         run_end = time.perf_counter()
         sampled = [sample(logits[b, len(new) - 1], sampling, r.rng) for b, (r, new) in enumerate(zip(batch, tokens))]
-        self.times.num_steps += 1
-        self.times.run_s += run_end - run_start
-        self.times.step_s += time.perf_counter() - start
+        phase = self.times.prefill if is_prefill else self.times.decode
+        phase.num_steps += 1
+        phase.num_tokens += len(batch)
+        phase.run_s += run_end - run_start
+        phase.step_s += time.perf_counter() - start
         return sampled
 
     def _record(self, request: _Request, token: int, stop: set[int]) -> None:

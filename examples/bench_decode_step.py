@@ -1,0 +1,110 @@
+"""Decode-step time of the paged model vs the dense model it came from, and vs pool size.
+
+    python examples/bench_decode_step.py [--layers 8 --hidden 512 --repeats 30]
+
+Builds a reference decoder (8 layers, hidden 512, GQA 8/2 heads by default),
+compiles it with `pagedc compile`'s driver, then times single-token decode
+steps side by side in one run (ONNX Runtime CPU, default optimizations, median
+of --repeats runs after warm-up):
+- dense: past of P tokens fed in, present returned (what a dense-cache loop does);
+- paged: the same step on a pool through IOBinding (pools updated in place),
+  block table covering P + 1 tokens;
+at P = 128, 512, 2048, and the paged step at P = 512 with a pool of 64 vs
+4096 blocks (a pool copied per step would show up as a ratio well above 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from pagedc.compile import CompileOptions, compile_model
+from pagedc.manifest import Manifest
+from pagedc.runtime import OrtPagedSession, PagedKVCacheManager, SessionOptions
+from pagedc.testing import DecoderConfig, build_decoder
+
+BLOCK_SIZE = 16
+
+
+def paired_median_ms(run_a, run_b, repeats: int) -> tuple[float, float]:
+    """Median ms of each closure, runs interleaved a, b, a, b ... so load changes hit both alike."""
+    for _ in range(3):
+        run_a(), run_b()
+    times: tuple[list, list] = ([], [])
+    for _ in range(repeats):
+        for run, acc in ((run_a, times[0]), (run_b, times[1])):
+            start = time.perf_counter()
+            run()
+            acc.append(time.perf_counter() - start)
+    return statistics.median(times[0]) * 1e3, statistics.median(times[1]) * 1e3
+
+
+def dense_step(session: ort.InferenceSession, config: DecoderConfig, past_len: int):
+    """A closure running one dense decode step with a past of `past_len` tokens."""
+    rng = np.random.default_rng(0)
+    past_shape = (1, config.num_kv_heads, past_len, config.head_dim)
+    feed = {"input_ids": np.array([[7]], np.int64), "position_ids": np.array([[past_len]], np.int64),
+            "attention_mask": np.ones((1, past_len + 1), np.int64)}
+    for i in range(config.num_layers):
+        for kind in ("key", "value"):
+            feed[f"past_key_values.{i}.{kind}"] = rng.standard_normal(past_shape).astype(np.float32)
+    return lambda: session.run(["logits"], feed)
+
+
+def paged_step(out_dir: Path, manifest: Manifest, past_len: int):
+    """A closure running one paged decode step for a sequence of `past_len` cached tokens."""
+    session = OrtPagedSession(manifest, out_dir, SessionOptions())
+    manager = PagedKVCacheManager.from_manifest(manifest)
+    manager.add(0)
+    manager.append(0, past_len + 1)
+    feeds = manager.step_inputs([0])
+    feeds["input_ids"] = np.array([[7]], np.int64)
+    # step_inputs covers the last append (all P + 1 tokens); a decode step writes only the last one.
+    feeds["position_ids"] = feeds["position_ids"][:, -1:]
+    feeds["slot_mapping"] = feeds["slot_mapping"][..., -1:].copy()
+    return lambda: session.run(feeds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=60)
+    args = parser.parse_args()
+    config = DecoderConfig(num_layers=args.layers, hidden_size=args.hidden, num_heads=8, num_kv_heads=2,
+                           head_dim=args.hidden // 8, intermediate_size=args.hidden * 3, vocab_size=1000,
+                           max_position_embeddings=4096)
+    work = Path(tempfile.mkdtemp(prefix="pagedc-bench-"))
+    dense_path = work / "dense.onnx"
+    onnx.save(build_decoder(config, "decomposed"), str(dense_path))
+    dense = ort.InferenceSession(str(dense_path), providers=["CPUExecutionProvider"])
+    outs = {}
+    for num_blocks in (64, 200, 4096):
+        outs[num_blocks] = work / f"paged-{num_blocks}"
+        compile_model(dense_path, outs[num_blocks], CompileOptions(block_size=BLOCK_SIZE, num_blocks=num_blocks),
+                      progress=lambda _: None)
+    print(f"model: {config.num_layers} layers, hidden {config.hidden_size}, heads {config.num_heads}/"
+          f"{config.num_kv_heads}, head_dim {config.head_dim}; block_size {BLOCK_SIZE}; ORT {ort.__version__}, "
+          f"CPU, median of {args.repeats}")
+    print(f"{'context':>8} {'dense ms':>9} {'paged ms':>9} {'paged/dense':>12}")
+    for past_len in (128, 512, 2048):
+        manifest = Manifest.read(outs[200])
+        d, p = paired_median_ms(dense_step(dense, config, past_len), paged_step(outs[200], manifest, past_len),
+                                args.repeats)
+        print(f"{past_len:>8} {d:>9.3f} {p:>9.3f} {p / d:>12.3f}")
+    small, large = paired_median_ms(paged_step(outs[64], Manifest.read(outs[64]), 512),
+                                    paged_step(outs[4096], Manifest.read(outs[4096]), 512), args.repeats)
+    pool_mib = Manifest.read(outs[4096]).bytes_per_block() * 4096 / 2**20
+    print(f"pool size at context 512: 64 blocks {small:.3f} ms, 4096 blocks ({pool_mib:.0f} MiB of pools) "
+          f"{large:.3f} ms, ratio {large / small:.3f}")
+
+
+if __name__ == "__main__":
+    main()
