@@ -74,7 +74,7 @@ def _past_problem(node: ir.Node, past_key: ir.Value | None, past_value: ir.Value
 
 def _site(node: ir.Node, op_form: _OpForm, past_key: ir.Value, past_value: ir.Value, position: int) -> AttentionSite:
     num_heads, num_kv_heads = _heads(node, op_form.form, past_key)
-    head_dim = gw.static_dim(past_key, 3)
+    head_dim = gw.static_dim(past_key, 3) or _head_dim_from_query(node, num_heads, num_kv_heads)
     return AttentionSite(
         layer=-1,
         form=op_form.form,
@@ -90,6 +90,20 @@ def _site(node: ir.Node, op_form: _OpForm, past_key: ir.Value, past_value: ir.Va
         graph_position=position,
         nodes={"op": node},
     )
+
+
+def _head_dim_from_query(node: ir.Node, num_heads: int | None, num_kv_heads: int | None) -> int | None:
+    """Dh from the query's projection width when past_key's last dim is symbolic (genai: `kv_cache_dim`).
+
+    The query is [B, S, H·Dh], or packed QKV [B, S, (H + 2·Hkv)·Dh] when the key input is empty.
+    """
+    query, is_packed = node.inputs[0], _input(node, 1) is None
+    width = gw.static_dim(query, -1) if query.shape is not None and len(query.shape) == 3 else None
+    if width is None:
+        projections = [n for n in site_facts.local_ancestors(query, max_nodes=4) if site_facts.is_projection(n)]
+        width = site_facts.projection_width(projections[0]) if projections else None
+    heads = (num_heads or 0) + (2 * (num_kv_heads or 0) if is_packed else 0)
+    return width // heads if width and heads and width % heads == 0 else None
 
 
 def _int_attr(node: ir.Node, name: str, default: int | None = None) -> int | None:

@@ -31,8 +31,6 @@ def check_gqa(site: AttentionSite) -> str | None:
     node = site.nodes["op"]
     if _attr(node, "smooth_softmax", 0):
         return "GroupQueryAttention with smooth_softmax=1 (attention sink) is not supported"
-    if node.inputs[1] is None:
-        return "GroupQueryAttention with packed QKV (no separate key input) is not supported yet"
     if len(node.inputs) > 11 and node.inputs[11] is not None:
         return "GroupQueryAttention with head_sink is not supported"
     if not (site.num_heads and site.num_kv_heads and site.head_dim):
@@ -44,9 +42,10 @@ def rewrite_gqa(site: AttentionSite, builder: PagedBuilder, pools: list[ir.Value
     node = site.nodes["op"]
     b = builder
     h, hkv, dh = site.num_heads, site.num_kv_heads, site.head_dim
-    q = b.op("Reshape", node.inputs[0], b.const([0, 0, h, dh]))     # [B, S, H, Dh]
-    k = b.op("Reshape", node.inputs[1], b.const([0, 0, hkv, dh]))   # [B, S, Hkv, Dh]
-    v = b.op("Reshape", node.inputs[2], b.const([0, 0, hkv, dh]))
+    query, key, value = _split_qkv(b, node, h, hkv, dh)
+    q = b.op("Reshape", query, b.const([0, 0, h, dh]))     # [B, S, H, Dh]
+    k = b.op("Reshape", key, b.const([0, 0, hkv, dh]))     # [B, S, Hkv, Dh]
+    v = b.op("Reshape", value, b.const([0, 0, hkv, dh]))
     if _attr(node, "do_rotary", 0):
         interleaved = bool(_attr(node, "rotary_interleaved", 0))
         q = apply_rotary(b, q, node.inputs[7], node.inputs[8], interleaved, dh)
@@ -60,6 +59,15 @@ def rewrite_gqa(site: AttentionSite, builder: PagedBuilder, pools: list[ir.Value
             builder.graph.outputs.remove(present)
     builder.graph.remove(node, safe=True)
     return outs
+
+
+def _split_qkv(b: PagedBuilder, node: ir.Node, h: int, hkv: int, dh: int) -> tuple[ir.Value, ir.Value, ir.Value]:
+    """query, key, value [B, S, ··Dh]; genai packs them into one [B, S, (H + 2·Hkv)·Dh] input."""
+    if node.inputs[1] is not None:
+        return node.inputs[0], node.inputs[1], node.inputs[2]
+    bounds = [0, h * dh, (h + hkv) * dh, (h + 2 * hkv) * dh]
+    return tuple(b.op("Slice", node.inputs[0], b.const([lo]), b.const([hi]), b.const([2]))
+                 for lo, hi in zip(bounds, bounds[1:]))
 
 
 def apply_rotary(b: PagedBuilder, x: ir.Value, cos_cache: ir.Value, sin_cache: ir.Value,

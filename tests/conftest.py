@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import onnx
@@ -11,6 +12,9 @@ import pytest
 from pagedc.model_file import load_model
 from pagedc.passes.paged import rewrite_to_paged
 from pagedc.testing import DecoderConfig, build_decoder
+from tests.exporters.fixtures import ExporterUnavailable, exported_model
+
+EXPORTS = [("llama", "genai"), ("llama", "optimum"), ("qwen2", "genai"), ("qwen2", "optimum")]
 
 # The suite's one tolerance table.
 #
@@ -58,5 +62,26 @@ def paged_copy(dense: Path, out_dir: Path, **options) -> tuple[Path, object]:
     """Rewrite `dense` to paged and save it under out_dir; returns (path, report)."""
     model, report = rewrite_to_paged(load_model(dense), **options)
     path = out_dir / f"{dense.stem}.paged.{options.get('layout', 'separate')}.onnx"
-    ir.save(model, str(path))
+    ir.save(model, str(path), external_data=path.name + ".data")
     return path, report
+
+
+@pytest.fixture(scope="session")
+def exported_model_factory(request):
+    """(arch, exporter) -> model.onnx of a real exporter (tests/exporters/fixtures.py), built once and cached.
+
+    Skips with the reason when the exporter cannot be installed or run here
+    (ExporterUnavailable); a failed numeric check of the export fails the test.
+    Build progress (first use takes ~2 minutes) goes to the terminal live.
+    """
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+
+    def get(arch: str, exporter: str) -> Path:
+        live = capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()
+        try:
+            with live:
+                return exported_model(arch, exporter)
+        except ExporterUnavailable as err:
+            pytest.skip(f"{arch}/{exporter} export unavailable: {err.reason}")
+
+    return get

@@ -7,6 +7,7 @@ import pytest
 
 from pagedc.compile import CompileOptions, compile_model
 from pagedc.runtime import Engine, SamplingParams
+from tests.conftest import EXPORTS
 from tests.paged_harness import DenseRunner
 
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [3] * 9, [40, 41, 42, 43, 44]]
@@ -113,3 +114,16 @@ def test_pools_are_updated_in_place_across_steps(compiled):
     stream.close()
     assert all(session.pools[n] is pools_before[n] for n in pools_before)
     assert all(np.any(pool != 0) for pool in session.pools.values()), "the runs never wrote the pools"
+
+
+@pytest.mark.parametrize("arch,exporter", EXPORTS)
+def test_greedy_tokens_on_real_exports_equal_the_dense_loop(exported_model_factory, tmp_path, arch, exporter):
+    dense = exported_model_factory(arch, exporter)
+    out = tmp_path / "paged"
+    compile_model(dense, out, CompileOptions(block_size=8, num_blocks=40))
+    prompts = [[int(t) for t in np.random.default_rng(i).integers(1, 1000, n)] for i, n in enumerate((11, 3, 7, 5))]
+    engine = Engine.from_manifest(out)
+    runner = DenseRunner(dense)
+    expected = [runner.greedy(p, 16) for p in prompts]
+    assert engine.generate(prompts[:1], max_new_tokens=16) == expected[:1]
+    assert engine.generate(prompts, max_new_tokens=16) == expected

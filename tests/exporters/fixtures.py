@@ -1,0 +1,252 @@
+"""Known-good ONNX exports of tiny HF decoders, made by real exporters, cached.
+
+pagedc's passes must be tested on graphs pagedc did not write.  This module
+builds them on first use, from the main test venv (no torch/transformers
+there): one venv per exporter, because onnxruntime-genai's builder needs
+transformers 5.x and optimum-onnx pins transformers < 4.58.
+
+    exported_model("llama" | "qwen2", "genai" | "optimum") -> .../model.onnx
+    export_check(arch, exporter) -> the figures of check_export.py (check.json)
+
+Build steps, all by subprocess with HF_HUB_OFFLINE=1:
+1. venv per exporter: `python -m venv`, `pip install torch==2.13.0` (first, so
+   the local CPU wheel wins; its dependencies constrained by the file), then
+   `pip install -r requirements-<exporter>.txt`;
+2. the tiny HF model of an arch, made ONCE in the genai venv
+   (make_hf_model.py), so both exports of an arch share weights;
+3. the export, then check_export.py in the exporter's venv (logits vs torch).
+
+Cache: ${PAGEDC_CACHE:-~/.cache/pagedc}/exporters/<key>/, key = hash of the
+requirements files, the scripts, the export commands and the Python version,
+so changing any of them rebuilds.  Outputs are built in a temp dir and renamed
+into place; a file lock serialises concurrent pytest processes.  Venvs are
+not relocatable, so they are built in place and marked ready when complete.
+
+Errors: ExporterUnavailable when a venv cannot be installed or an exporter
+cannot run (no network, a broken release): tests skip on it.  ExportCheckFailed
+when the export runs but its logits disagree with torch: a real failure.
+"""
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = pathlib.Path(__file__).resolve().parent
+ARCHS = ("llama", "qwen2")
+EXPORTERS = ("genai", "optimum")
+HF_ENV = "genai"  # the venv that makes the HF models (transformers 5 writes rope_parameters)
+TORCH_PIN = "torch==2.13.0"
+SCRIPTS = ("make_hf_model.py", "check_export.py")
+
+# Exporter command lines, run with the exporter venv's python.
+EXPORT_COMMANDS = {
+    "genai": [
+        "-m", "onnxruntime_genai.models.builder",
+        "-i", "{hf}", "-o", "{out}", "-p", "fp32", "-e", "cpu", "-c", "{cache}",
+    ],
+    "optimum": [
+        "-m", "optimum.commands.optimum_cli", "export", "onnx",
+        "-m", "{hf}", "--task", "text-generation-with-past", "{out}",
+    ],
+}  # fmt: skip
+
+_failed: dict = {}  # venv -> ExporterUnavailable, so one pytest run tries once
+
+
+class ExporterUnavailable(RuntimeError):
+    """An exporter could not be installed or run here; `reason` says why."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ExportCheckFailed(AssertionError):
+    """The export ran, but its logits do not match the torch model's."""
+
+
+def log(msg: str) -> None:
+    print(f"[pagedc exporters] {msg}", file=sys.stderr, flush=True)
+
+
+def cache_key() -> str:
+    """Hash of everything that decides what gets built."""
+    h = hashlib.sha256()
+    names = sorted(f"requirements-{e}.txt" for e in EXPORTERS) + sorted(SCRIPTS)
+    for name in names:
+        h.update(name.encode() + b"\0" + (HERE / name).read_bytes() + b"\0")
+    h.update(json.dumps([EXPORT_COMMANDS, TORCH_PIN, HF_ENV]).encode())
+    h.update(f"py{sys.version_info.major}.{sys.version_info.minor}".encode())
+    return h.hexdigest()[:16]
+
+
+def cache_dir() -> pathlib.Path:
+    root = os.environ.get("PAGEDC_CACHE") or "~/.cache/pagedc"
+    return pathlib.Path(root).expanduser() / "exporters" / cache_key()
+
+
+def subprocess_env() -> dict:
+    """The environment for every child: offline hub, no leaks from the test venv."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    env.update(HF_HUB_OFFLINE="1", PIP_DISABLE_PIP_VERSION_CHECK="1", PYTHONUNBUFFERED="1")
+    return env
+
+
+def run(cmd: list, log_path: pathlib.Path) -> subprocess.CompletedProcess:
+    """Run one command, appending its output to log_path; never raises."""
+    t0 = time.monotonic()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a") as f:
+        f.write(f"$ {' '.join(map(str, cmd))}\n")
+        f.flush()
+        proc = subprocess.run(
+            [str(c) for c in cmd], check=False, stdout=f, stderr=subprocess.STDOUT, env=subprocess_env(), cwd=HERE
+        )
+    log(f"  {'ok' if proc.returncode == 0 else f'FAILED ({proc.returncode})'} in {time.monotonic() - t0:.1f}s")
+    return proc
+
+
+def tail(path: pathlib.Path, lines: int = 25) -> str:
+    """The last lines of a log, for error messages (progress bars dropped)."""
+    text = path.read_text(errors="replace") if path.exists() else ""
+    kept = [ln for ln in text.splitlines() if "%|" not in ln and "is ignored: it is neither" not in ln]
+    return "\n".join(kept[-lines:])
+
+
+def run_or_unavailable(cmd: list, log_path: pathlib.Path, what: str) -> None:
+    """Run a build step; a failure means the exporter is unavailable here."""
+    log(f"{what}: {' '.join(map(str, cmd[:6]))} ...")
+    if run(cmd, log_path).returncode != 0:
+        raise ExporterUnavailable(f"{what} failed: {' '.join(map(str, cmd))}\n(log: {log_path})\n{tail(log_path)}")
+
+
+@contextlib.contextmanager
+def build_lock(root: pathlib.Path):
+    """Exclusive lock for building under root, shared by all processes."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def python_of(venv: pathlib.Path) -> pathlib.Path:
+    return venv / "bin" / "python"
+
+
+def ensure_venv(root: pathlib.Path, exporter: str) -> pathlib.Path:
+    """The exporter's venv, created and installed on first use (caller holds the lock)."""
+    venv = root / f"venv-{exporter}"
+    ready = venv / ".pagedc-ready"
+    if ready.exists():
+        return venv
+    if exporter in _failed:
+        raise _failed[exporter]
+    shutil.rmtree(venv, ignore_errors=True)  # a half-built venv from a killed run
+    log_path = root / "logs" / f"venv-{exporter}.log"
+    log_path.unlink(missing_ok=True)
+    py, req = python_of(venv), HERE / f"requirements-{exporter}.txt"
+    steps = [
+        ([sys.executable, "-m", "venv", venv], "create venv"),
+        # -c: torch's own dependencies come at the versions the file pins.
+        ([py, "-m", "pip", "install", TORCH_PIN, "-c", req], "install torch"),
+        ([py, "-m", "pip", "install", "-r", req], f"install {req.name}"),
+    ]
+    try:
+        for cmd, what in steps:
+            run_or_unavailable(cmd, log_path, f"[{exporter}] {what}")
+    except ExporterUnavailable as err:
+        _failed[exporter] = err
+        raise
+    freeze = subprocess.run(
+        [py, "-m", "pip", "freeze"], check=False, capture_output=True, text=True, env=subprocess_env()
+    )
+    ready.write_text(freeze.stdout)
+    return venv
+
+
+@contextlib.contextmanager
+def staging(root: pathlib.Path, final: pathlib.Path):
+    """A temp dir under root whose "out" subdir is renamed to final on success."""
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
+    try:
+        yield tmp / "out"
+        os.rename(tmp / "out", final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def ensure_hf_model(root: pathlib.Path, arch: str) -> pathlib.Path:
+    """The tiny HF model dir of one arch, shared by both exporters."""
+    final = root / f"hf-{arch}"
+    if final.exists():
+        return final
+    py = python_of(ensure_venv(root, HF_ENV))
+    with staging(root, final) as out:
+        cmd = [py, HERE / "make_hf_model.py", "--arch", arch, "--out", out]
+        run_or_unavailable(cmd, root / "logs" / f"hf-{arch}.log", f"[{arch}] make HF model")
+    return final
+
+
+def check_or_fail(py: pathlib.Path, hf: pathlib.Path, out: pathlib.Path, exporter: str, log_path) -> None:
+    """Run check_export.py; any failure here is a real failure, never a skip."""
+    cmd = [py, HERE / "check_export.py", "--hf", hf, "--onnx", out / "model.onnx", "--exporter", exporter]
+    log(f"[{hf.name[3:]}] check {exporter} logits vs torch ...")
+    if run(cmd, log_path).returncode == 0:
+        return
+    report = out / "check.json"
+    figures = "(no check.json: the check crashed)"
+    if report.exists():  # the figures, without the long graph summary
+        figures = json.dumps({k: v for k, v in json.loads(report.read_text()).items() if k != "graph"})
+    raise ExportCheckFailed(f"{' '.join(map(str, cmd))}\n(log: {log_path})\n{tail(log_path)}\n{figures}")
+
+
+def build_export(root: pathlib.Path, arch: str, exporter: str, final: pathlib.Path) -> None:
+    """Make the HF model, export it, check it, then move it into place."""
+    t0 = time.monotonic()
+    log(f"building {arch}/{exporter} under {root} (first use: ~2 min cold)")
+    hf = ensure_hf_model(root, arch)
+    py = python_of(ensure_venv(root, exporter))
+    log_path = root / "logs" / f"{arch}-{exporter}.log"
+    log_path.unlink(missing_ok=True)
+    with staging(root, final) as out:
+        args = [a.format(hf=hf, out=out, cache=out.parent / "hf-cache") for a in EXPORT_COMMANDS[exporter]]
+        run_or_unavailable([py, *args], log_path, f"[{arch}] export with {exporter}")
+        if not (out / "model.onnx").exists():
+            raise ExporterUnavailable(f"{exporter} wrote no model.onnx in {out}\n{tail(log_path)}")
+        check_or_fail(py, hf, out, exporter, log_path)
+    log(f"built {arch}/{exporter} in {time.monotonic() - t0:.1f}s")
+
+
+def exported_model(arch: str, exporter: str) -> pathlib.Path:
+    """Path of the checked model.onnx of arch exported by exporter (built on first use)."""
+    if arch not in ARCHS or exporter not in EXPORTERS:
+        raise ValueError(f"arch must be in {ARCHS} and exporter in {EXPORTERS}, got {arch!r}, {exporter!r}")
+    root = cache_dir()
+    model = root / f"{arch}-{exporter}" / "model.onnx"
+    if not model.exists():
+        with build_lock(root):
+            if not model.exists():  # another process may have built it meanwhile
+                build_export(root, arch, exporter, model.parent)
+    return model
+
+
+def export_check(arch: str, exporter: str) -> dict:
+    """The figures check_export.py recorded for this export (check.json)."""
+    return json.loads((exported_model(arch, exporter).parent / "check.json").read_text())
+
+
+if __name__ == "__main__":  # build everything: python tests/exporters/fixtures.py
+    for a in ARCHS:
+        for e in EXPORTERS:
+            print(exported_model(a, e), export_check(a, e)["max_abs_diff"])

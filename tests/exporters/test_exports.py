@@ -1,0 +1,116 @@
+"""The cached real-exporter models are there, checked, and run in the main venv.
+
+These run on the exports fixtures.py builds (first run: ~2 minutes for all
+four; later runs read the cache).  They pin down what pagedc's passes can
+count on: the I/O of each exporter's graph, and that each graph matches the
+torch model it came from.
+"""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from .fixtures import ARCHS, EXPORTERS, export_check
+
+# The tiny model make_hf_model.py builds.
+VOCAB, LAYERS, KV_HEADS, HEAD_DIM = 1000, 2, 2, 32
+CASES = [(a, e) for a in ARCHS for e in EXPORTERS]
+
+
+def run_step(session, ids, past, past_len):
+    """One unpadded batch run: feeds whatever of ids/mask/positions/past the graph takes."""
+    b, s = ids.shape
+    feeds = {
+        "input_ids": ids,
+        "attention_mask": np.ones((b, past_len + s), np.int64),
+        "position_ids": np.tile(np.arange(past_len, past_len + s, dtype=np.int64), (b, 1)),
+        **past,
+    }
+    wanted = {i.name for i in session.get_inputs()}
+    assert wanted <= set(feeds), sorted(wanted - set(feeds))
+    names = [o.name for o in session.get_outputs()]
+    outs = dict(zip(names, session.run(None, {k: v for k, v in feeds.items() if k in wanted}), strict=True))
+    return outs["logits"], {k: v for k, v in outs.items() if k.startswith("present.")}
+
+
+def prefill_and_decode(path, ids, next_ids):
+    """Prefill ids [B, S], then one decode step with next_ids [B, 1]; returns both results."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    b = ids.shape[0]
+    past = {
+        i.name: np.zeros((b, KV_HEADS, 0, HEAD_DIM), np.float32)
+        for i in session.get_inputs()
+        if i.name.startswith("past_key_values.")
+    }
+    logits, present = run_step(session, ids, past, 0)
+    fed = {"past_key_values." + k[len("present.") :]: v for k, v in present.items()}
+    logits2, present2 = run_step(session, next_ids, fed, ids.shape[1])
+    return (logits, present), (logits2, present2)
+
+
+@pytest.mark.parametrize("arch,exporter", CASES)
+def test_export_checked_against_torch(exported_model_factory, arch, exporter):
+    exported_model_factory(arch, exporter)
+    check = export_check(arch, exporter)
+    assert check["ok"] and check["max_abs_diff"] < 1e-4, check
+    assert check["decode_steps"] >= 3 and len(check["decode_max_abs_diff"]) >= 3
+    assert check["batch"] == 2 and len(set(check["prompt_lens"])) == 2  # padded prefill
+    assert check["rope_theta"] == 5e4  # the exporter's transformers read the non-default theta
+
+
+@pytest.mark.parametrize("arch,exporter", CASES)
+def test_export_runs_in_main_venv(exported_model_factory, arch, exporter):
+    path = exported_model_factory(arch, exporter)
+    ids = np.array([[5, 17, 42]], np.int64)
+    (logits, present), (logits2, present2) = prefill_and_decode(path, ids, np.array([[7]], np.int64))
+    assert logits.shape == (1, 3, VOCAB) and logits2.shape == (1, 1, VOCAB)
+    assert np.isfinite(logits).all() and np.isfinite(logits2).all()
+    assert len(present) == 2 * LAYERS
+    for name in present:
+        assert present[name].shape == (1, KV_HEADS, 3, HEAD_DIM), name
+        assert present2[name].shape == (1, KV_HEADS, 4, HEAD_DIM), name
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_exporters_agree(exported_model_factory, arch):
+    """Both exports of one arch come from the same HF weights, so their logits agree."""
+    paths = [exported_model_factory(arch, e) for e in EXPORTERS]
+    ids = np.array([[5, 17, 42, 300], [9, 8, 7, 6]], np.int64)
+    nxt = np.array([[11], [12]], np.int64)
+    (a1, _), (a2, _) = prefill_and_decode(paths[0], ids, nxt)
+    (b1, _), (b2, _) = prefill_and_decode(paths[1], ids, nxt)
+    np.testing.assert_allclose(a1, b1, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(a2, b2, atol=1e-4, rtol=0)
+
+
+def consumers(graph, name):
+    return [n for n in graph.node if name in n.input]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_genai_uses_group_query_attention(exported_model_factory, arch):
+    graph = onnx.load(str(exported_model_factory(arch, "genai")), load_external_data=False).graph
+    names = {i.name for i in graph.input}
+    assert "position_ids" not in names  # positions come from attention_mask via seqlens_k
+    gqa = [n for n in graph.node if (n.domain, n.op_type) == ("com.microsoft", "GroupQueryAttention")]
+    assert len(gqa) == LAYERS
+    for i, node in enumerate(gqa):
+        assert node.input[3:5] == [f"past_key_values.{i}.key", f"past_key_values.{i}.value"]
+        assert node.output[1:3] == [f"present.{i}.key", f"present.{i}.value"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_optimum_concats_past(exported_model_factory, arch):
+    graph = onnx.load(str(exported_model_factory(arch, "optimum"))).graph
+    assert "position_ids" in {i.name for i in graph.input}
+    assert not [n for n in graph.node if n.domain not in ("", "ai.onnx")]  # plain ONNX only
+    outputs = {o.name for o in graph.output}
+    for i in graph.input:
+        if i.name.startswith("past_key_values."):
+            # Concat(past, new, axis=-2) -> present; layer 0's key also feeds a Shape (past length).
+            concats = [n for n in consumers(graph, i.name) if n.op_type == "Concat"]
+            assert len(concats) == 1 and concats[0].input[0] == i.name, i.name
+            assert onnx.helper.get_attribute_value(concats[0].attribute[0]) == -2
+            assert concats[0].output[0] == "present." + i.name[len("past_key_values.") :]
+            assert concats[0].output[0] in outputs
