@@ -15,6 +15,7 @@ from pagedc import __version__
 from pagedc.compile_cmd import compile_command
 from pagedc.generate_cmd import generate_command
 from pagedc.inspect_cmd import inspect_command
+from pagedc.verify_cmd import verify_command
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -31,6 +32,7 @@ def main(verbose: bool) -> None:
       pagedc inspect model.onnx --json    # the same, for scripts
       pagedc compile model.onnx           # paged model + manifest in model.paged/
       pagedc generate model.paged --prompt-ids 1,2,3 --max-new-tokens 32
+      pagedc verify model.paged model.onnx   # paged vs dense logits, step by step
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="pagedc: %(message)s")
 
@@ -38,3 +40,4 @@ def main(verbose: bool) -> None:
 main.add_command(inspect_command)
 main.add_command(compile_command)
 main.add_command(generate_command)
+main.add_command(verify_command)

@@ -54,6 +54,12 @@ class PagedKVCacheManager:
     def from_manifest(cls, manifest) -> "PagedKVCacheManager":
         return cls(manifest.num_blocks, manifest.block_size, manifest.layout)
 
+    def shuffle_free_blocks(self, seed: int) -> None:
+        """Hand out free blocks in a seeded random order (verification: tables become non-contiguous)."""
+        order = np.random.default_rng(seed).permutation(len(self._free))
+        free = list(self._free)
+        self._free = deque(free[i] for i in order)
+
     # -- sequences ---------------------------------------------------------------
     def add(self, seq_id: Hashable) -> None:
         if seq_id in self._seqs:

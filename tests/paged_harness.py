@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from pagedc.model_file import load_model
-from pagedc.passes.detect import find_attention_sites
+from pagedc.dense_runner import DenseRunner  # noqa: F401  (re-exported for the tests)
 from pagedc.runtime.feeds import SequenceStep, step_feeds
 
 
@@ -23,49 +22,6 @@ def session(path: str | Path, optimize: bool = False) -> ort.InferenceSession:
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     options.intra_op_num_threads = 1
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-class DenseRunner:
-    """One sequence through the dense model, chunk by chunk, presents fed back as past."""
-
-    def __init__(self, path: str | Path):
-        self.session = session(path)
-        sites = find_attention_sites(load_model(path)).sites
-        self.kv = [(s.past_key, s.present_key) for s in sites] + [(s.past_value, s.present_value) for s in sites]
-        self.inputs = {i.name: i for i in self.session.get_inputs()}
-        self.dtype = np.float16 if "float16" in self.inputs[sites[0].past_key].type else np.float32
-        self.kv_shape = (sites[0].num_kv_heads, sites[0].head_dim)
-
-    def run(self, tokens: list[int], chunks: list[int]) -> list[np.ndarray]:
-        """Logits [chunk_len, V] of each chunk of `tokens` (chunk lengths sum to len(tokens))."""
-        past, start, logits = self._empty_past(), 0, []
-        for size in chunks:
-            step_logits, past = self._step(tokens[start : start + size], start, past)
-            logits.append(step_logits)
-            start += size
-        return logits
-
-    def greedy(self, prompt: list[int], max_new_tokens: int) -> list[int]:
-        """The dense-cache greedy loop: prefill, then one token per step with the cache fed back."""
-        logits, past = self._step(prompt, 0, self._empty_past())
-        out = [int(np.argmax(logits[-1]))]
-        while len(out) < max_new_tokens:
-            logits, past = self._step(out[-1:], len(prompt) + len(out) - 1, past)
-            out.append(int(np.argmax(logits[-1])))
-        return out
-
-    def _empty_past(self) -> dict[str, np.ndarray]:
-        return {name: np.zeros((1, self.kv_shape[0], 0, self.kv_shape[1]), self.dtype) for name, _ in self.kv}
-
-    def _step(self, tokens: list[int], start: int, past: dict) -> tuple[np.ndarray, dict]:
-        size = len(tokens)
-        feed = {"input_ids": np.asarray([tokens], np.int64), **past}
-        if "attention_mask" in self.inputs:
-            feed["attention_mask"] = np.ones((1, start + size), np.int64)
-        if "position_ids" in self.inputs:
-            feed["position_ids"] = np.arange(start, start + size, dtype=np.int64)[None]
-        outputs = dict(zip([o.name for o in self.session.get_outputs()], self.session.run(None, feed)))
-        return outputs["logits"][0], {p: outputs[q] for p, q in self.kv}
 
 
 class PagedRunner:

@@ -1,0 +1,138 @@
+"""`pagedc verify`: the same prompts through a paged model and its standard (dense-cache) model, logits compared.
+
+    prompts (seeded, ragged) ─▶ standard: each sequence alone, dense cache fed back; greedy tokens
+                              ─▶ paged: one ragged batch driven by PagedKVCacheManager with shuffled blocks,
+                                 decode steps fed the standard model's greedy tokens (teacher forcing)
+    per step: max/mean |paged - standard|, max relative difference, mismatches per tolerance tier,
+              greedy-token agreement
+
+Tolerance tiers (atol, rtol), as in MIGraphX's paged-attention examples:
+tight (1e-5, 1e-4), medium (1e-4, 1e-3), loose (1e-3, 1e-2). A value
+mismatches a tier when |paged - standard| > atol + rtol * |standard|.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pagedc.dense_runner import DenseRunner
+from pagedc.manifest import Manifest, ManifestError
+from pagedc.runtime import OrtPagedSession, PagedKVCacheManager
+
+TIERS = {"tight": (1e-5, 1e-4), "medium": (1e-4, 1e-3), "loose": (1e-3, 1e-2)}
+
+
+@dataclass
+class StepComparison:
+    step: int                      # 0 = prefill, then decode steps
+    num_values: int
+    max_abs: float
+    mean_abs: float
+    max_rel: float
+    mismatches: dict[str, int]     # tier -> values outside it
+    greedy_agree: int              # sequences whose argmax token is the same on both sides
+    num_sequences: int
+
+
+@dataclass
+class VerifyReport:
+    paged: str
+    standard: str
+    tier: str
+    prompt_lens: list[int]
+    steps: list[StepComparison] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(step.mismatches[self.tier] == 0 for step in self.steps)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "passed": self.passed}
+
+
+def verify(paged: str | Path, standard: str | Path, *, batch: int = 2, prompt_len: int = 16,
+           decode_steps: int = 8, seed: int = 0, tier: str = "medium") -> VerifyReport:
+    manifest, directory = resolve_manifest(paged)
+    reference = DenseRunner(standard)
+    vocab = manifest.vocab_size or int(reference.session.get_outputs()[0].shape[-1])
+    prompts = seeded_prompts(batch, prompt_len, vocab, seed)
+    expected, tokens = _run_standard(reference, prompts, decode_steps)
+    got = _run_paged(manifest, directory, prompts, tokens, seed)
+    report = VerifyReport(str(paged), str(standard), tier, [len(p) for p in prompts])
+    for step, (want, have) in enumerate(zip(expected, got)):
+        report.steps.append(compare(step, have, want))
+    return report
+
+
+def resolve_manifest(path: str | Path) -> tuple[Manifest, Path]:
+    """A compile output directory, its manifest.json, or an artifact inside it -> (manifest, directory)."""
+    path = Path(path)
+    directory = path if path.is_dir() else path.parent
+    if not (directory / "manifest.json").exists():
+        raise ManifestError(f"{path}: no manifest.json in {directory}; verify needs the paged side as a "
+                            "`pagedc compile` output (directory, manifest.json or an artifact inside it)")
+    return Manifest.read(directory), directory
+
+
+def seeded_prompts(batch: int, prompt_len: int, vocab: int, seed: int) -> list[list[int]]:
+    """`batch` prompts of ragged lengths prompt_len, prompt_len - d, prompt_len - 2d, ... (d = prompt_len // 2batch)."""
+    rng = np.random.default_rng(seed)
+    step = max(1, prompt_len // (2 * batch))
+    lengths = [max(1, prompt_len - b * step) for b in range(batch)]
+    return [[int(t) for t in rng.integers(1, vocab, n)] for n in lengths]
+
+
+def _run_standard(runner: DenseRunner, prompts: list[list[int]], decode_steps: int):
+    """Per step, each sequence's logits ([S, V] rows); and the greedy tokens fed at each decode step."""
+    logits: list[list[np.ndarray]] = [[] for _ in range(decode_steps + 1)]
+    tokens: list[list[int]] = [[] for _ in range(decode_steps)]
+    for prompt in prompts:
+        rows, past = runner.step(prompt, 0)
+        logits[0].append(rows)
+        for t in range(decode_steps):
+            token = int(np.argmax(rows[-1]))
+            tokens[t].append(token)
+            rows, past = runner.step([token], len(prompt) + t, past)
+            logits[t + 1].append(rows)
+    return logits, tokens
+
+
+def _run_paged(manifest: Manifest, directory: Path, prompts: list[list[int]], tokens: list[list[int]], seed: int):
+    session = paged_session(manifest, directory)
+    manager = PagedKVCacheManager.from_manifest(manifest)
+    manager.shuffle_free_blocks(seed)
+    for i, prompt in enumerate(prompts):
+        manager.add(i)
+    logits = []
+    for new in [prompts] + tokens:
+        new = [n if isinstance(n, list) else [n] for n in new]
+        for i, toks in enumerate(new):
+            manager.append(i, len(toks))
+        feeds = manager.step_inputs(list(range(len(prompts))))
+        feeds["input_ids"] = np.zeros(feeds["position_ids"].shape, np.int64)
+        for i, toks in enumerate(new):
+            feeds["input_ids"][i, : len(toks)] = toks
+        step_logits = session.run(feeds)                                 # [B, S, V]
+        logits.append([step_logits[i, : len(toks)] for i, toks in enumerate(new)])
+    return logits
+
+
+def paged_session(manifest: Manifest, directory: Path):
+    """The session for the manifest's backend: the one place the two backends differ."""
+    if manifest.backend == "onnxruntime":
+        return OrtPagedSession(manifest, directory)
+    raise ManifestError(f"{directory}: backend {manifest.backend!r} cannot be verified by this pagedc")
+
+
+def compare(step: int, paged: list[np.ndarray], standard: list[np.ndarray]) -> StepComparison:
+    have = np.concatenate([p.reshape(-1) for p in paged]).astype(np.float64)
+    want = np.concatenate([s.reshape(-1) for s in standard]).astype(np.float64)
+    diff = np.abs(have - want)
+    rel = diff / np.maximum(np.abs(want), np.finfo(np.float32).tiny)
+    mismatches = {tier: int(np.sum(diff > atol + rtol * np.abs(want))) for tier, (atol, rtol) in TIERS.items()}
+    agree = sum(int(np.argmax(p[-1]) == np.argmax(s[-1])) for p, s in zip(paged, standard))
+    return StepComparison(step, int(diff.size), float(diff.max()), float(diff.mean()), float(rel.max()),
+                          mismatches, agree, len(paged))
