@@ -9,12 +9,12 @@ of devices.
 """
 
 from pagedc.runtime.block_manager import PagedKVCacheManager
-from pagedc.runtime.engine import Engine, PhaseTimes, StepTimes
+from pagedc.runtime.engine import Engine, EngineOptions, PhaseTimes, StepTimes
 from pagedc.runtime.feeds import NULL_BLOCK, SequenceStep, step_feeds
 from pagedc.runtime.ort_session import OrtPagedSession, SessionOptions
 from pagedc.runtime.sampling import SamplingParams, sample
 
 __all__ = [
-    "Engine", "NULL_BLOCK", "OrtPagedSession", "PagedKVCacheManager", "PhaseTimes", "SamplingParams", "SequenceStep",
+    "Engine", "EngineOptions", "NULL_BLOCK", "OrtPagedSession", "PagedKVCacheManager", "PhaseTimes", "SamplingParams", "SequenceStep",
     "SessionOptions", "StepTimes", "sample", "step_feeds",
 ]

@@ -1,16 +1,23 @@
-"""Engine: prompts in, tokens out, over a compiled paged model.
+"""Engine: requests in, tokens out, over a compiled paged model, with continuous batching.
 
-One step = schedule -> run -> postprocess. Scheduling admits waiting requests
-whose whole budget (prompt + max_new_tokens) fits the free blocks, runs their
-prompts as one ragged prefill step, then decodes every running request in one
-batched step; a finished request frees its blocks at once and the next waiting
-request is admitted at the following step.
+    step() = schedule (scheduler.py: who runs, with which tokens; preemption)
+           -> run (one session run for the decodes, one for the prefill chunks)
+           -> postprocess (sample, fork n > 1 samples, finish, free blocks)
+
+Requests can be added from any thread at any time (`add_request`) and join
+at the next step; `abort` drops one at any stage. `generate` and `stream` are
+the blocking conveniences on top.
+
+Sampling is reproducible per request: request k of `generate` and sample k of
+an n > 1 request draw from numpy's default_rng(seed + k), so a completion
+equals an independent run of the same prompt with seed + k.
 """
 
 from __future__ import annotations
 
+import itertools
+import threading
 import time
-from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,25 +27,17 @@ import numpy as np
 from pagedc.manifest import Manifest
 from pagedc.runtime.block_manager import PagedKVCacheManager
 from pagedc.runtime.ort_session import OrtPagedSession, SessionOptions
+from pagedc.runtime.request import Request, Status
 from pagedc.runtime.sampling import SamplingParams, sample
-
-
-@dataclass
-class _Request:
-    index: int
-    prompt: list[int]
-    max_new_tokens: int
-    rng: np.random.Generator
-    output: list[int] = field(default_factory=list)
-    is_finished: bool = False
+from pagedc.runtime.scheduler import Scheduler
 
 
 @dataclass
 class PhaseTimes:
-    """Wall time of one kind of step (feeds, run, sampling) and of the session.run inside it."""
+    """Wall time of one kind of session run (feeds, run, sampling) and of the session.run inside it."""
 
     num_steps: int = 0
-    num_tokens: int = 0     # tokens sampled
+    num_tokens: int = 0     # tokens computed
     step_s: float = 0.0
     run_s: float = 0.0
 
@@ -70,22 +69,136 @@ class StepTimes:
         return (self.step_s - self.run_s) / self.step_s if self.step_s else 0.0
 
 
+@dataclass(frozen=True)
+class EngineOptions:
+    max_num_seqs: int = 64               # requests running at once
+    max_num_batched_tokens: int = 2048   # tokens computed per step (decodes + prefill chunks)
+    enable_prefix_caching: bool = True
+
+
 class Engine:
-    def __init__(self, manifest: Manifest, directory: str | Path, options: SessionOptions = SessionOptions()):
+    def __init__(self, manifest: Manifest, directory: str | Path, options: SessionOptions = SessionOptions(),
+                 engine_options: EngineOptions = EngineOptions()):
         if manifest.backend != "onnxruntime":
             raise ValueError(f"this engine runs ONNX Runtime artifacts; the manifest is for {manifest.backend}")
         self.manifest = manifest
         self.session = OrtPagedSession(manifest, directory, options)
-        self.manager = PagedKVCacheManager.from_manifest(manifest)
+        self.manager = PagedKVCacheManager.from_manifest(manifest, engine_options.enable_prefix_caching)
+        self.scheduler = Scheduler(self.manager, engine_options.max_num_seqs, engine_options.max_num_batched_tokens)
         self.times = StepTimes()
+        self.requests: dict[int, Request] = {}
+        self._ids = itertools.count()
+        self._lock = threading.Lock()
+        self._incoming: list[Request] = []
+        self._aborts: set[int] = set()
+        self._finished: list[Request] = []
 
     @classmethod
-    def from_manifest(cls, path: str | Path, options: SessionOptions = SessionOptions()) -> "Engine":
+    def from_manifest(cls, path: str | Path, options: SessionOptions = SessionOptions(),
+                      engine_options: EngineOptions = EngineOptions()) -> "Engine":
         """`path` is a `pagedc compile` output directory or its manifest.json."""
         path = Path(path)
-        directory = path if path.is_dir() else path.parent
-        return cls(Manifest.read(path), directory, options)
+        return cls(Manifest.read(path), path if path.is_dir() else path.parent, options, engine_options)
 
+    # -- requests ----------------------------------------------------------------------
+    def add_request(self, prompt: Sequence[int], max_new_tokens: int = 16, sampling: SamplingParams = SamplingParams(),
+                    stop_token_ids: Sequence[int] = (), cache_key: str = "", n: int = 1) -> int:
+        """Queue a request (thread-safe); it joins at the next step. Returns its id (samples: id .. id+n-1)."""
+        self._check_request(prompt, max_new_tokens, n)
+        seed = sampling.seed if sampling.seed is not None else int(np.random.SeedSequence().entropy % 2**31)
+        with self._lock:
+            request_id = next(self._ids)
+            for _ in range(n - 1):          # reserve the ids of the forked samples
+                next(self._ids)
+            request = Request(request_id, list(prompt), max_new_tokens, sampling, np.random.default_rng(seed),
+                              frozenset(stop_token_ids), cache_key, n, seed)
+            self._incoming.append(request)
+        return request_id
+
+    def abort(self, request_id: int) -> None:
+        """Drop a request at whatever stage it is (thread-safe); its blocks are freed at the next step."""
+        with self._lock:
+            self._aborts.add(request_id)
+
+    def has_unfinished(self) -> bool:
+        with self._lock:
+            return bool(self._incoming) or self.scheduler.has_work()
+
+    # -- one step ------------------------------------------------------------------------
+    def step(self) -> list[tuple[int, int]]:
+        """Schedule, run, sample. Returns the (request id, token) pairs sampled in this step."""
+        self._take_incoming()
+        scheduled = self.scheduler.schedule()
+        self.session.copy_blocks(self.manager.take_copies())
+        # Two runs, so one long prefill chunk does not pad every decode row to its length.
+        decodes = [(r, t) for r, t in scheduled.work if len(t) == 1]
+        prefills = [(r, t) for r, t in scheduled.work if len(t) > 1]
+        events: list[tuple[int, int]] = []
+        for work, phase in ((decodes, self.times.decode), (prefills, self.times.prefill)):
+            if work:
+                events += self._run(work, phase)
+        return events
+
+    def _take_incoming(self) -> None:
+        with self._lock:
+            incoming, self._incoming = self._incoming, []
+            aborts, self._aborts = self._aborts, set()
+        for request in incoming:
+            self.requests[request.request_id] = request
+            self.scheduler.add(request)
+        for request_id in aborts:
+            request = self.requests.get(request_id)
+            if request is not None and not request.is_done:
+                self.scheduler.finish(request, Status.ABORTED)
+
+    def _run(self, work: list[tuple[Request, list[int]]], phase: PhaseTimes) -> list[tuple[int, int]]:
+        start = time.perf_counter()
+        feeds = self.manager.step_inputs([r.request_id for r, _ in work])
+        feeds["input_ids"] = np.zeros(feeds["position_ids"].shape, np.int64)      # [B, S], padding = token 0
+        for b, (_, tokens) in enumerate(work):
+            feeds["input_ids"][b, : len(tokens)] = tokens
+        run_start = time.perf_counter()
+        logits = self.session.run(feeds)                                           # [B, S, V]
+        run_s = time.perf_counter() - run_start
+        events = []
+        for b, (request, tokens) in enumerate(work):
+            request.num_computed += len(tokens)
+            if request.num_computed == len(request.all_tokens):                    # prompt done or a decode
+                events += self._sample(request, logits[b, len(tokens) - 1])
+        phase.num_steps += 1
+        phase.num_tokens += sum(len(t) for _, t in work)
+        phase.run_s += run_s
+        phase.step_s += time.perf_counter() - start
+        return events
+
+    def _sample(self, request: Request, logits: np.ndarray) -> list[tuple[int, int]]:
+        samples = [request] + (self._fork(request) if request.num_samples > 1 and not request.output else [])
+        events = []
+        for r in samples:
+            token = sample(logits, r.sampling, r.rng)
+            r.output.append(token)
+            r.first_token_time = r.first_token_time or time.perf_counter()
+            events.append((r.request_id, token))
+            if token in r.stop_token_ids or len(r.output) >= r.max_new_tokens:
+                self.scheduler.finish(r)
+        return events
+
+    def _fork(self, parent: Request) -> list[Request]:
+        """n > 1: after the prompt is computed, samples 1..n-1 share its blocks (copy-on-write)."""
+        children = []
+        for k in range(1, parent.num_samples):
+            child = Request(parent.request_id + k, list(parent.prompt), parent.max_new_tokens, parent.sampling,
+                            np.random.default_rng(parent.seed + k), parent.stop_token_ids, parent.cache_key,
+                            seed=parent.seed + k, num_computed=parent.num_computed, status=Status.RUNNING,
+                            arrival_time=parent.arrival_time)
+            self.manager.fork(parent.request_id, child.request_id)
+            self.requests[child.request_id] = child
+            self.scheduler.running.append(child)
+            children.append(child)
+        parent.num_samples = 1
+        return children
+
+    # -- blocking conveniences -------------------------------------------------------------
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int = 16,
                  sampling: SamplingParams = SamplingParams(), stop_token_ids: Sequence[int] = ()) -> list[list[int]]:
         outputs: list[list[int]] = [[] for _ in prompts]
@@ -95,90 +208,54 @@ class Engine:
 
     def stream(self, prompts: Sequence[Sequence[int]], max_new_tokens: int = 16,
                sampling: SamplingParams = SamplingParams(), stop_token_ids: Sequence[int] = ()) -> Iterator[tuple[int, int]]:
-        """Yield (prompt index, token id) as tokens are sampled."""
-        requests = [self._request(i, p, max_new_tokens, sampling) for i, p in enumerate(prompts)]
-        waiting, running = deque(requests), []
-        stop = set(stop_token_ids)
+        """Yield (prompt index, token id) as tokens are sampled; prompt i samples with seed + i."""
+        for index, prompt in enumerate(prompts):
+            self._check_request(prompt, max_new_tokens, 1, index)
+        seed = sampling.seed if sampling.seed is not None else int(np.random.SeedSequence().entropy % 2**31)
+        ids = {self.add_request(p, max_new_tokens, _with_seed(sampling, seed + i), stop_token_ids): i
+               for i, p in enumerate(prompts)}
         try:
-            while waiting or running:
-                admitted = self._admit(waiting, running)
-                batches = [(running, False)] if running else []
-                batches += [(admitted, True)] if admitted else []
-                for batch, is_prefill in batches:
-                    for request, token in zip(batch, self._step(batch, is_prefill, sampling)):
-                        self._record(request, token, stop)
-                        yield request.index, token
-                running = [r for r in running + admitted if not r.is_finished]
+            while any(not self.requests.get(r) or not self.requests[r].is_done for r in ids):
+                for request_id, token in self.step():
+                    if request_id in ids:
+                        yield ids[request_id], token
         finally:  # a caller that stops iterating early must not leak blocks
-            for request in requests:
-                if request.index in self.manager:
-                    self.manager.free(request.index)
+            for request_id in ids:
+                self.abort(request_id)
+            self._take_incoming()
 
-    # -- schedule --------------------------------------------------------------------
-    def _request(self, index: int, prompt: Sequence[int], max_new_tokens: int, sampling: SamplingParams) -> _Request:
+    def metrics(self) -> dict:
+        """KV usage, prefix-cache hit rate, preemptions, throughput, time to first token."""
+        done = [r for r in self.requests.values() if r.first_token_time is not None]
+        ttft = [r.first_token_time - r.arrival_time for r in done]
+        stats = self.manager.stats()
+        decode = self.times.decode
+        return {
+            "kv_usage": stats["kv_usage"], "prefix_hit_rate": stats["prefix_hit_rate"],
+            "prefix_hit_tokens": stats["prefix_hit_tokens"], "preemptions": self.scheduler.num_preemptions,
+            "prefill_tokens_computed": self.times.prefill.num_tokens,
+            "decode_tokens_per_s": decode.num_tokens / decode.step_s if decode.step_s else 0.0,
+            "mean_ttft_s": float(np.mean(ttft)) if ttft else 0.0, "steps": self.times.num_steps,
+            "overhead_share": self.times.overhead_share,
+        }
+
+    # -- checks ----------------------------------------------------------------------------
+    def _check_request(self, prompt: Sequence[int], max_new_tokens: int, n: int, index: int | None = None) -> None:
+        name = "prompt" if index is None else f"prompt {index}"
         if not prompt:
-            raise ValueError(f"prompt {index} is empty")
+            raise ValueError(f"{name} is empty")
         vocab = self.manifest.vocab_size
         bad = [t for t in prompt if not 0 <= t < (vocab or 2**63)]
         if bad:
-            raise ValueError(f"prompt {index} has token ids outside the vocabulary [0, {vocab}): {bad[:5]}")
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        needed = self._blocks_for(len(prompt) + max_new_tokens)
-        usable = self.manifest.num_blocks - 1
-        if needed > usable:
-            raise ValueError(f"prompt {index} needs {needed} blocks ({len(prompt)} prompt + {max_new_tokens} new tokens, "
-                             f"{self.manifest.block_size} per block), the pool has {usable} usable blocks; "
-                             "compile with a larger --kv-memory or --num-blocks")
-        seed = sampling.seed if sampling.seed is not None else int(np.random.SeedSequence().entropy % 2**32)
-        return _Request(index, list(prompt), max_new_tokens, np.random.default_rng([seed, index]))
+            raise ValueError(f"{name} has token ids outside the vocabulary [0, {vocab}): {bad[:5]}")
+        if max_new_tokens < 1 or n < 1:
+            raise ValueError(f"max_new_tokens and n must be >= 1, got {max_new_tokens} and {n}")
+        needed = -(-(len(prompt) + max_new_tokens) // self.manifest.block_size)
+        if needed > self.manager.num_units:
+            raise ValueError(f"{name} needs {needed} blocks ({len(prompt)} prompt + {max_new_tokens} new tokens, "
+                             f"{self.manifest.block_size} per block), the pool has {self.manager.num_units} usable "
+                             "blocks; compile with a larger --kv-memory or --num-blocks")
 
-    def _blocks_for(self, num_tokens: int) -> int:
-        per_token_block = 2 if self.manifest.layout == "combined" else 1
-        return -(-num_tokens // self.manifest.block_size) * per_token_block
 
-    def _admit(self, waiting: deque, running: list[_Request]) -> list[_Request]:
-        """Admit waiting requests, oldest first, while their whole budget fits the unreserved blocks."""
-        reserved = sum(self._blocks_for(len(r.prompt) + r.max_new_tokens) - self._blocks_owned(r) for r in running)
-        admitted = []
-        while waiting:
-            need = self._blocks_for(len(waiting[0].prompt) + waiting[0].max_new_tokens)
-            if need > self.manager.num_free_blocks - reserved:
-                break
-            request = waiting.popleft()
-            self.manager.add(request.index)
-            reserved += need
-            admitted.append(request)
-        return admitted
-
-    def _blocks_owned(self, request: _Request) -> int:
-        key_blocks, value_blocks = self.manager.block_ids(request.index)
-        return len(key_blocks) + len(value_blocks or [])
-
-    # -- run + postprocess -------------------------------------------------------------
-    def _step(self, batch: list[_Request], is_prefill: bool, sampling: SamplingParams) -> list[int]:
-        start = time.perf_counter()
-        tokens = [r.prompt if is_prefill else [r.output[-1]] for r in batch]
-        for request, new in zip(batch, tokens):
-            self.manager.append(request.index, len(new))
-        feeds = self.manager.step_inputs([r.index for r in batch])
-        input_ids = np.zeros(feeds["position_ids"].shape, np.int64)   # [B, S], padding = token 0
-        for b, new in enumerate(tokens):
-            input_ids[b, : len(new)] = new
-        feeds["input_ids"] = input_ids
-        run_start = time.perf_counter()
-        logits = self.session.run(feeds)                               # [B, S, V]
-        run_end = time.perf_counter()
-        sampled = [sample(logits[b, len(new) - 1], sampling, r.rng) for b, (r, new) in enumerate(zip(batch, tokens))]
-        phase = self.times.prefill if is_prefill else self.times.decode
-        phase.num_steps += 1
-        phase.num_tokens += len(batch)
-        phase.run_s += run_end - run_start
-        phase.step_s += time.perf_counter() - start
-        return sampled
-
-    def _record(self, request: _Request, token: int, stop: set[int]) -> None:
-        request.output.append(token)
-        if token in stop or len(request.output) >= request.max_new_tokens:
-            request.is_finished = True
-            self.manager.free(request.index)
+def _with_seed(sampling: SamplingParams, seed: int) -> SamplingParams:
+    return SamplingParams(sampling.temperature, sampling.top_k, sampling.top_p, seed)

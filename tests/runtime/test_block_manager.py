@@ -63,7 +63,7 @@ def test_combined_layout_takes_separate_k_and_v_blocks():
     feeds = manager.step_inputs([0])
     assert feeds["block_table"].tolist() == [[[1, 3], [2, 4]]]
     assert feeds["slot_mapping"].tolist() == [[2, 3, 6], [4, 5, 8]]
-    assert manager.blocks_needed(0, 1) == 0 and manager.blocks_needed(0, 2) == 2
+    assert manager.blocks_needed(0, 1) == 0 and manager.blocks_needed(0, 2) == 1   # one (K, V) unit
     manager.check_invariants()
 
 

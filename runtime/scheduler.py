@@ -1,0 +1,111 @@
+"""Continuous batching: which requests run this step, with how many tokens, and who gets preempted.
+
+Each step (the shape of vLLM v1's and nano-vllm's schedulers):
+1. every running request gets its pending tokens — one for a decode, a chunk
+   for a prefill still in progress — oldest first; when the pool cannot hold
+   them, the newest running request is preempted (its blocks freed, its
+   tokens recomputed later), until the request fits or is itself preempted;
+2. waiting requests are admitted, oldest first, while `max_num_seqs` and the
+   `max_num_batched_tokens` budget allow; a prompt longer than what is left of
+   the budget is prefilled in chunks across steps; prefix-cached blocks are
+   taken at admission and not recomputed.
+Slots are reserved (manager.append) here, so a scheduled step never runs out.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from pagedc.runtime.block_manager import PagedKVCacheManager
+from pagedc.runtime.request import Request, Status
+
+
+@dataclass
+class ScheduledStep:
+    work: list[tuple[Request, list[int]]] = field(default_factory=list)   # request, its tokens this step
+    preempted: list[Request] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(tokens) for _, tokens in self.work)
+
+
+class Scheduler:
+    def __init__(self, manager: PagedKVCacheManager, max_num_seqs: int, max_num_batched_tokens: int):
+        self.manager = manager
+        self.max_num_seqs, self.max_num_batched_tokens = max_num_seqs, max_num_batched_tokens
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self.num_preemptions = 0
+
+    def add(self, request: Request) -> None:
+        self.waiting.append(request)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def schedule(self) -> ScheduledStep:
+        step = ScheduledStep()
+        budget = self.max_num_batched_tokens
+        for request in list(self.running):
+            if request.status is not Status.RUNNING:
+                continue                                    # preempted earlier in this loop
+            tokens = request.pending_tokens()[: max(1, budget)] if request.is_prefilling else request.pending_tokens()
+            if budget < len(tokens) or not self._reserve(request, tokens, step):
+                continue
+            budget -= len(tokens)
+        while self.waiting and len(self.running) < self.max_num_seqs and budget > 0:
+            if not self._admit(self.waiting[0], budget, step):
+                break
+            budget -= len(step.work[-1][1])
+        return step
+
+    def finish(self, request: Request, status: Status = Status.FINISHED) -> None:
+        """Drop a request from the queues and free its blocks."""
+        request.status = status
+        if request in self.running:
+            self.running.remove(request)
+        if request in self.waiting:
+            self.waiting.remove(request)
+        if request.request_id in self.manager:
+            self.manager.free(request.request_id)
+
+    # -- internals -------------------------------------------------------------------
+    def _reserve(self, request: Request, tokens: list[int], step: ScheduledStep) -> bool:
+        """Append `tokens` for a running request, preempting the newest others while the pool is short."""
+        while not self.manager.can_append(request.request_id, len(tokens)):
+            victim = self.running[-1]
+            self._preempt(victim, step)
+            if victim is request:
+                return False
+        self.manager.append(request.request_id, len(tokens), tokens)
+        step.work.append((request, tokens))
+        return True
+
+    def _admit(self, request: Request, budget: int, step: ScheduledStep) -> bool:
+        cached = self.manager.add(request.request_id, request.all_tokens, request.cache_key)
+        # Keep at least the last token to compute: it yields the logits to sample from.
+        request.num_computed = min(cached, len(request.all_tokens) - 1)
+        tokens = request.pending_tokens()[:budget]
+        if not self.manager.can_append(request.request_id, len(tokens)):
+            self.manager.free(request.request_id)
+            request.num_computed = 0
+            return False
+        self.waiting.popleft()
+        self.manager.append(request.request_id, len(tokens), tokens)
+        request.status = Status.RUNNING
+        self.running.append(request)
+        step.work.append((request, tokens))
+        return True
+
+    def _preempt(self, request: Request, step: ScheduledStep) -> None:
+        """Free a running request's blocks; it goes back to the front of the queue to be recomputed."""
+        self.running.remove(request)
+        self.manager.free(request.request_id)
+        step.work = [(r, t) for r, t in step.work if r is not request]
+        request.status, request.num_computed = Status.WAITING, 0
+        request.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(request)
+        step.preempted.append(request)
