@@ -34,7 +34,8 @@ def _token_ids(ctx, param, values):
 @click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--stop-id", "stop_ids", type=int, multiple=True, help="Token id that ends a sequence; repeatable.")
-@click.option("--stats", "show_stats", is_flag=True, help="Print cache and timing figures to stderr at the end.")
+@click.option("--stats", "show_stats", is_flag=True,
+              help="Print cache and timing figures (KV usage, prefix hits, preemptions, tokens/s, TTFT) to stderr.")
 def generate_command(model: Path, prompt_ids, prompts_text, max_new_tokens, temperature, top_k, top_p, seed,
                      stop_ids, show_stats) -> None:
     """Generate tokens with MODEL, a `pagedc compile` output directory (or its manifest.json).
@@ -60,10 +61,8 @@ def generate_command(model: Path, prompt_ids, prompts_text, max_new_tokens, temp
     except (ManifestError, ValueError) as err:
         raise click.ClickException(str(err)) from None
     if show_stats:
-        times = engine.times
-        figures = {"steps": times.num_steps, "step_s": round(times.step_s, 4), "run_s": round(times.run_s, 4),
-                   "overhead_share": round(times.overhead_share, 3), **engine.manager.stats()}
-        click.echo(json.dumps(figures), err=True)
+        figures = {**engine.manager.stats(), **engine.metrics()}
+        click.echo(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}), err=True)
 
 
 def _print_stream(stream, num_prompts: int, tokenizer) -> None:

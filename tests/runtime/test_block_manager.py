@@ -166,3 +166,99 @@ def test_slots_of_all_live_tokens_are_distinct():
     k_blocks, v_blocks = feeds["block_table"][:, 0], feeds["block_table"][:, 1]
     real = np.concatenate([k_blocks[k_blocks > 0], v_blocks[v_blocks > 0]])
     assert len(set(real.tolist())) == len(real)
+
+
+def test_prefix_hits_share_blocks_and_eviction_takes_the_tail_first():
+    manager = PagedKVCacheManager(num_blocks=9, block_size=2)
+    manager.add("a", [1, 2, 3, 4, 5])
+    manager.append("a", 5, [1, 2, 3, 4, 5])
+    manager.append("a", 1, [6])                        # the prompt's blocks are computed now: cached
+    assert manager.add("b", [1, 2, 3, 4, 9]) == 4      # two full blocks hit; the last token is computed
+    assert manager.block_ids("b")[0] == manager.block_ids("a")[0][:2]
+    assert manager.stats()["prefix_hit_tokens"] == 4
+    manager.free("a")
+    manager.free("b")
+    assert manager.stats()["blocks_cached"] == 2 and manager.num_free_blocks == 8
+    manager.add("c", [])
+    manager.append("c", 2 * 7)      # 7 blocks: 5 never used, a's uncached last block, then the cached chain's tail
+    assert manager.stats()["evictions"] == 1 and manager.add("d", [1, 2, 3]) == 2   # a's head block survived
+    manager.check_invariants()
+
+
+def test_fork_copies_a_shared_partial_block_once():
+    manager = PagedKVCacheManager(num_blocks=8, block_size=4, enable_prefix_caching=False)
+    manager.add("p")
+    manager.append("p", 6)                              # blocks [1, 2], block 2 half full
+    manager.fork("p", "c")
+    assert manager.stats()["blocks_used"] == 2
+    assert manager.blocks_needed("c", 1) == 1           # the copy
+    manager.append("c", 1)
+    assert manager.take_copies() == [(2, 3)] and manager.block_ids("c")[0] == [1, 3]
+    manager.append("p", 1)                              # p holds block 2 alone now: no copy
+    assert manager.take_copies() == [] and manager.block_ids("p")[0] == [1, 2]
+    manager.check_invariants()
+
+
+class ServingMachine(RuleBasedStateMachine):
+    """Random add (with shared prefixes), append, fork, free on both layouts; invariants after each step."""
+
+    def __init__(self):
+        super().__init__()
+        self.manager = None
+        self.live: list[int] = []
+        self.next_id = 0
+
+    @precondition(lambda self: self.manager is None)
+    @rule(layout=st.sampled_from(["separate", "combined"]))
+    def start(self, layout):
+        self.manager = PagedKVCacheManager(num_blocks=21, block_size=2, layout=layout)
+
+    @precondition(lambda self: self.manager is not None)
+    @rule(prefix=st.integers(0, 2), extra=st.lists(st.integers(0, 3), max_size=5))
+    def add(self, prefix, extra):
+        prompt = [7, 7, 8, 8, 9, 9][: prefix * 2] + extra
+        cached = self.manager.add(self.next_id, prompt)
+        assert cached % 2 == 0 and cached < max(1, len(prompt)) + (0 if prompt else 1)
+        self.live.append(self.next_id)
+        self.next_id += 1
+
+    @precondition(lambda self: self.live)
+    @rule(data=st.data(), tokens=st.lists(st.integers(0, 3), min_size=1, max_size=5))
+    def append(self, data, tokens):
+        seq = data.draw(st.sampled_from(self.live))
+        if self.manager.num_tokens(seq) + len(tokens) > self.manager.max_tokens_per_sequence():
+            return
+        if self.manager.can_append(seq, len(tokens)):
+            self.manager.append(seq, len(tokens), tokens)
+            self.manager.take_copies()
+
+    @precondition(lambda self: self.live)
+    @rule(data=st.data())
+    def fork(self, data):
+        self.manager.fork(data.draw(st.sampled_from(self.live)), self.next_id)
+        self.live.append(self.next_id)
+        self.next_id += 1
+
+    @precondition(lambda self: self.live)
+    @rule(data=st.data())
+    def free(self, data):
+        seq = data.draw(st.sampled_from(self.live))
+        self.manager.free(seq)
+        self.live.remove(seq)
+
+    @invariant()
+    def consistent(self):
+        if self.manager is not None:
+            self.manager.check_invariants()
+
+    def teardown(self):
+        if self.manager is None:
+            return
+        for seq in list(self.live):
+            self.manager.free(seq)
+        assert self.manager.num_free_blocks == self.manager.num_units, "units leaked"
+        assert self.manager.stats()["blocks_used"] == 0
+
+
+TestServingMachine = ServingMachine.TestCase
+TestServingMachine.settings = settings(max_examples=40, stateful_step_count=40, deadline=None, derandomize=True)
