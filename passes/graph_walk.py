@@ -9,7 +9,7 @@ reaches the op that does the work (MatMul, Softmax, an attention op).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import onnx_ir as ir
 
@@ -69,10 +69,11 @@ def walk_up(start: ir.Value, targets: set[str], through: Iterable[str], max_dept
     return found
 
 
-def ancestors(value: ir.Value, stop: set[int] | None = None, max_nodes: int = 5000) -> list[ir.Node]:
-    """Every node `value` depends on (bounded), nearest first."""
+def ancestors(value: ir.Value, max_nodes: int = 5000,
+              is_boundary: Callable[[ir.Node], bool] | None = None) -> list[ir.Node]:
+    """Nodes `value` depends on (bounded), nearest first; the walk does not go past boundary nodes."""
     result: list[ir.Node] = []
-    seen: set[int] = set(stop or ())
+    seen: set[int] = set()
     queue = deque([value])
     while queue and len(result) < max_nodes:
         node = queue.popleft().producer()
@@ -80,24 +81,9 @@ def ancestors(value: ir.Value, stop: set[int] | None = None, max_nodes: int = 50
             continue
         seen.add(id(node))
         result.append(node)
-        queue.extend(inp for inp in node.inputs if inp is not None)
+        if is_boundary is None or not is_boundary(node):
+            queue.extend(inp for inp in node.inputs if inp is not None)
     return result
-
-
-def graph_inputs_reached(value: ir.Value, graph: ir.Graph) -> set[str]:
-    """Names of the graph inputs that `value` depends on."""
-    names = {v.name for v in graph.inputs}
-    reached = {inp.name for inp in _inputs_of(value) if inp.name in names}
-    return reached
-
-
-def _inputs_of(value: ir.Value) -> Iterable[ir.Value]:
-    if value.is_graph_input():
-        yield value
-    for node in ancestors(value):
-        for inp in node.inputs:
-            if inp is not None and inp.is_graph_input():
-                yield inp
 
 
 def const_ints(value: ir.Value | None) -> list[int] | None:

@@ -6,8 +6,6 @@ their values), so a multi-GB model is inspected without loading its weights.
 
 from __future__ import annotations
 
-from collections import deque
-
 import onnx_ir as ir
 
 from pagedc.passes import graph_walk as gw
@@ -59,19 +57,7 @@ def local_ancestors(value: ir.Value, max_nodes: int = 400) -> list[ir.Node]:
     The walk stops at projections (the previous layer lies behind them) and at
     Shape (only the shape of its input is used), so it stays local and cheap.
     """
-    result: list[ir.Node] = []
-    seen: set[int] = set()
-    queue = deque([value])
-    while queue and len(result) < max_nodes:
-        node = queue.popleft().producer()
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
-        result.append(node)
-        if is_projection(node) or node.op_type in ("Shape", "Size"):
-            continue
-        queue.extend(inp for inp in node.inputs if inp is not None)
-    return result
+    return gw.ancestors(value, max_nodes, lambda node: is_projection(node) or node.op_type in ("Shape", "Size"))
 
 
 def _inputs_reached(nodes: list[ir.Node]) -> set[str]:
