@@ -92,3 +92,13 @@ def test_seeded_prompts_are_ragged_and_reproducible():
     assert [len(p) for p in first] == [16, 14, 12, 10] and first == seeded_prompts(4, 16, 97, seed=1)
     assert max(max(p) for p in first) < 97 and first != seeded_prompts(4, 16, 97, seed=2)
     assert np.all([len(p) >= 1 for p in seeded_prompts(8, 3, 97, seed=0)])
+
+
+@pytest.mark.parametrize("form", ["decomposed", "gqa"])
+def test_fp16_models_verify_at_the_loose_tier(tmp_path, dense_model, form):
+    dense = dense_model(form, dtype="float16")
+    compile_model(dense, tmp_path / "paged", CompileOptions(block_size=4, num_blocks=64))
+    result = _run("verify", tmp_path / "paged", dense, "--tier", "loose", "--json")
+    report = json.loads(result.stdout)
+    assert result.exit_code == 0 and report["passed"], result.output
+    assert all(s["greedy_agree"] == s["num_sequences"] for s in report["steps"])
