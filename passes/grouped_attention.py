@@ -64,3 +64,22 @@ def group_attention(site: AttentionSite, builder: PagedBuilder, key: ir.Value, v
     probs = b.op("Reshape", pv.inputs[0], b.heads_shape(hkv))                             # [B, Hkv, G·S, T]
     out = b.op("MatMul", probs, value)                                                    # [B, Hkv, G·S, Dh]
     pv.outputs[0].replace_all_uses_with(b.op("Reshape", out, b.const([0, h, -1, dh])))    # [B, H, S, Dh]
+
+
+def attend(b: PagedBuilder, q: ir.Value, key: ir.Value, value: ir.Value, h: int, hkv: int, dh: int,
+           scale: float, softcap: float, dtype: ir.DataType) -> ir.Value:
+    """softmax(q·Kᵀ·scale + paged mask)·V for q [B,H,S,Dh], key/value [B,Hkv,T,Dh]; returns [B,H,S,Dh].
+
+    Used where pagedc replaces a fused attention op (GroupQueryAttention, ONNX
+    Attention): the same grouping as above, so K/V are never repeated.
+    """
+    np_dtype = dtype.numpy()
+    q = b.op("Reshape", q, b.const([0, hkv, -1, dh]))                                    # [B, Hkv, G·S, Dh]
+    scores = b.op("MatMul", q, b.op("Transpose", key, perm=[0, 1, 3, 2]))               # [B, Hkv, G·S, T]
+    scores = b.op("Mul", b.op("Reshape", scores, b.heads_shape(h)), b.const(scale, dtype=np_dtype))  # [B, H, S, T]
+    if softcap:
+        capped = b.op("Tanh", b.op("Div", scores, b.const(softcap, dtype=np_dtype)))
+        scores = b.op("Mul", capped, b.const(softcap, dtype=np_dtype))
+    probs = b.op("Softmax", b.op("Add", scores, b.additive_mask(dtype)), axis=-1)       # mask [B, 1, S, T]
+    out = b.op("MatMul", b.op("Reshape", probs, b.heads_shape(hkv)), value)             # [B, Hkv, G·S, Dh]
+    return b.op("Reshape", out, b.const([0, h, -1, dh]))                                # [B, H, S, Dh]

@@ -19,12 +19,17 @@ import onnx_ir.passes.common as common_passes
 
 from pagedc.passes.detect import find_attention_sites
 from pagedc.passes.paged_builder import PagedBuilder
+from pagedc.passes.rewrite_attention import check_attention, rewrite_attention
 from pagedc.passes.rewrite_decomposed import check_decomposed, rewrite_decomposed
 from pagedc.passes.rewrite_gqa import check_gqa, rewrite_gqa
 from pagedc.passes.site import AttentionSite
 
 LAYOUTS = ("separate", "combined")
-_REWRITERS = {"decomposed": (check_decomposed, rewrite_decomposed), "gqa": (check_gqa, rewrite_gqa)}
+_REWRITERS = {
+    "decomposed": (check_decomposed, rewrite_decomposed),
+    "gqa": (check_gqa, rewrite_gqa),
+    "attention": (check_attention, rewrite_attention),
+}
 
 
 class PagedRewriteError(Exception):

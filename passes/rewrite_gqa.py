@@ -18,6 +18,7 @@ import math
 
 import onnx_ir as ir
 
+from pagedc.passes.grouped_attention import attend
 from pagedc.passes.paged_builder import PagedBuilder
 from pagedc.passes.site import AttentionSite
 
@@ -52,8 +53,10 @@ def rewrite_gqa(site: AttentionSite, builder: PagedBuilder, pools: list[ir.Value
         k = apply_rotary(b, k, node.inputs[7], node.inputs[8], interleaved, dh)
     outs, key, value = b.write_and_read(pools, k, v, hkv, tokens_first=True)
     scale = _attr(node, "scale", 0.0) or 1.0 / math.sqrt(dh)
-    out = grouped_attention(b, q, key, value, h, hkv, dh, scale, _attr(node, "softcap", 0.0), pools[0].dtype)
-    node.outputs[0].replace_all_uses_with(out)
+    q = b.op("Transpose", q, perm=[0, 2, 1, 3])                                       # [B, H, S, Dh]
+    out = attend(b, q, key, value, h, hkv, dh, scale, _attr(node, "softcap", 0.0), pools[0].dtype)
+    out = b.op("Transpose", out, perm=[0, 2, 1, 3])                                   # [B, S, H, Dh]
+    node.outputs[0].replace_all_uses_with(b.op("Reshape", out, b.const([0, 0, h * dh])))
     for present in node.outputs[1:3]:
         if present.is_graph_output():
             builder.graph.outputs.remove(present)
@@ -94,25 +97,3 @@ def apply_rotary(b: PagedBuilder, x: ir.Value, cos_cache: ir.Value, sin_cache: i
     else:
         y = b.op("Concat", y1, y2, axis=3)
     return y if rest is None else b.op("Concat", y, rest, axis=3)
-
-
-def grouped_attention(b: PagedBuilder, q_BSHDh: ir.Value, key: ir.Value, value: ir.Value,
-                      h: int, hkv: int, dh: int, scale: float, softcap: float, dtype: ir.DataType) -> ir.Value:
-    """softmax(q·Kᵀ·scale + mask)·V with the G query heads of a KV head stacked as rows; returns [B, S, H·Dh].
-
-    [B, H, S, ·] and [B, Hkv, G·S, ·] are the same memory (head h = kv·G + g), so
-    the Reshapes between them are free and K/V [B, Hkv, T, Dh] are never repeated.
-    """
-    np_dtype = dtype.numpy()
-    q = b.op("Transpose", q_BSHDh, perm=[0, 2, 1, 3])                                   # [B, H, S, Dh]
-    q = b.op("Reshape", q, b.const([0, hkv, -1, dh]))                                    # [B, Hkv, G·S, Dh]
-    scores = b.op("MatMul", q, b.op("Transpose", key, perm=[0, 1, 3, 2]))               # [B, Hkv, G·S, T]
-    scores = b.op("Mul", b.op("Reshape", scores, b.heads_shape(h)), b.const(scale, dtype=np_dtype))  # [B, H, S, T]
-    if softcap:
-        capped = b.op("Tanh", b.op("Div", scores, b.const(softcap, dtype=np_dtype)))
-        scores = b.op("Mul", capped, b.const(softcap, dtype=np_dtype))
-    probs = b.op("Softmax", b.op("Add", scores, b.additive_mask(dtype)), axis=-1)       # mask [B, 1, S, T]
-    out = b.op("MatMul", b.op("Reshape", probs, b.heads_shape(hkv)), value)             # [B, Hkv, G·S, Dh]
-    out = b.op("Reshape", out, b.const([0, h, -1, dh]))                                 # [B, H, S, Dh]
-    out = b.op("Transpose", out, perm=[0, 2, 1, 3])                                     # [B, S, H, Dh]
-    return b.op("Reshape", out, b.const([0, 0, h * dh]))

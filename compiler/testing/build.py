@@ -10,7 +10,7 @@ from pagedc.testing.decomposed import build_decomposed
 from pagedc.testing.gqa import build_gqa
 from pagedc.testing.weights import make_weights
 
-FORMS = ("decomposed", "gqa")
+FORMS = ("decomposed", "gqa", "attention")
 
 
 def build_decoder(
@@ -22,6 +22,8 @@ def build_decoder(
     attention_mask, position_ids, past_key_values.{i}.key/value.
     form "gqa": form B (onnxruntime-genai 0.18 builder), inputs input_ids,
     attention_mask, past_key_values.{i}.key/value; one GroupQueryAttention per layer.
+    form "attention": form C, form A with each layer's attention as one ONNX opset-23
+    `Attention` op (same inputs and outputs as form A).
     Both output logits and present.{i}.key/value. `weights` defaults to
     make_weights(config).
     """
@@ -32,6 +34,10 @@ def build_decoder(
         return build_decomposed(config, weights)
     if form == "gqa":
         return build_gqa(config, weights)
+    if form == "attention":
+        from pagedc.testing.attention_op import build_attention  # uses the detection front end
+
+        return build_attention(config, weights)
     raise ValueError(f"form must be one of {FORMS}, got {form!r}")
 
 

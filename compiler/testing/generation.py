@@ -20,7 +20,7 @@ from pagedc.testing.config import DecoderConfig
 from pagedc.testing.positions import hf_position_ids
 
 PAD_TOKEN_ID = 0
-PADDING = {"decomposed": "left", "gqa": "right"}
+PADDING = {"decomposed": "left", "gqa": "right", "attention": "left"}
 
 # forward(input_ids, attention_mask, position_ids | None, past) -> (logits, present)
 Forward = Callable[..., tuple[np.ndarray, list]]
@@ -64,7 +64,7 @@ def generate(
             input_ids = np.asarray(next_token_ids[step - 1], np.int64)[:, None]  # [B, 1]
             ones = np.ones((attention_mask.shape[0], 1), np.int64)
             attention_mask = np.concatenate([attention_mask, ones], axis=1)  # [B, T + 1]
-        position_ids = hf_position_ids(attention_mask, past_len) if form == "decomposed" else None
+        position_ids = hf_position_ids(attention_mask, past_len) if form != "gqa" else None
         logits, present = forward(input_ids, attention_mask, position_ids, past)
         steps.append(Step(input_ids, attention_mask, position_ids, past_len, logits, present))
         past, past_len = present, attention_mask.shape[1]
@@ -77,9 +77,9 @@ def real_queries(step: Step) -> np.ndarray:
 
 
 def real_cache_entries(step: Step, form: str) -> np.ndarray:
-    """`[B, T]` bool: which present rows hold a real token's KV (by mask column in form A, compact in form B)."""
+    """`[B, T]` bool: which present rows hold a real token's KV (by mask column in forms A/C, compact in form B)."""
     mask = step.attention_mask
-    if form == "decomposed":
+    if form != "gqa":
         return mask != 0
     return np.arange(mask.shape[1])[None, :] < mask.sum(axis=1, keepdims=True)
 

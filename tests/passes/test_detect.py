@@ -10,7 +10,7 @@ from pagedc.model_file import load_model
 from pagedc.passes.detect import find_attention_sites
 
 
-@pytest.mark.parametrize("form", ["decomposed", "gqa"])
+@pytest.mark.parametrize("form", ["decomposed", "gqa", "attention"])
 @pytest.mark.parametrize("heads,kv_heads,layers", [(4, 2, 2), (4, 1, 3), (4, 4, 1)], ids=["gqa", "mqa", "mha"])
 def test_every_layer_found_with_its_shape(dense_model, form, heads, kv_heads, layers):
     path = dense_model(form, num_heads=heads, num_kv_heads=kv_heads, num_layers=layers, head_dim=16, hidden_size=64)
@@ -31,7 +31,7 @@ def test_rotary_location_is_reported(dense_model):
     assert gqa.rotary == "inside GroupQueryAttention (do_rotary=1), positions from seqlens_k"
 
 
-@pytest.mark.parametrize("form", ["decomposed", "gqa"])
+@pytest.mark.parametrize("form", ["decomposed", "gqa", "attention"])
 def test_sliding_window_is_reported_with_its_size(dense_model, form):
     sites = find_attention_sites(load_model(dense_model(form, sliding_window=3))).sites
     assert [s.mask for s in sites] == ["sliding window 3"] * 2

@@ -14,7 +14,7 @@ def _shapes(values) -> dict[str, list]:
     return {v.name: [d if isinstance(d, int) else str(d) for d in v.shape] for v in values}
 
 
-@pytest.mark.parametrize("form", ["decomposed", "gqa"])
+@pytest.mark.parametrize("form", ["decomposed", "gqa", "attention"])
 def test_separate_layout_abi(dense_model, form):
     model, report = rewrite_to_paged(load_model(dense_model(form)), block_size=8)
     inputs, outputs = _shapes(model.graph.inputs), _shapes(model.graph.outputs)
@@ -43,7 +43,7 @@ def test_combined_layout_abi(dense_model):
 
 
 @pytest.mark.parametrize("layout", ["separate", "combined"])
-@pytest.mark.parametrize("form", ["decomposed", "gqa"])
+@pytest.mark.parametrize("form", ["decomposed", "gqa", "attention"])
 def test_pool_goes_straight_through_one_scatter_and_reads_follow_it(dense_model, form, layout):
     """In place under IOBinding: pool -> ScatterND -> output, no Reshape around it; reads use the scatter output."""
     model, report = rewrite_to_paged(load_model(dense_model(form)), layout=layout)

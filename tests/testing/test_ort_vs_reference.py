@@ -47,12 +47,13 @@ def run_both(config: DecoderConfig, form: str, *, optimize: bool, lengths=LENGTH
 
 @pytest.mark.parametrize("optimize", [False, True], ids=["ORT_DISABLE_ALL", "default_optimizations"])
 @pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("form", ["decomposed", "gqa"])
+@pytest.mark.parametrize("form", ["decomposed", "gqa", "attention"])
 def test_fp32_matches_reference(form, variant, optimize, tolerance):
     config = VARIANTS[variant]
     ort_steps, ref_steps = run_both(config, form, optimize=optimize)
-    # padding rows included: their values are defined by the graph (see pagedc.testing.reference)
-    logits_diff, present_diff = steps_max_diff(ort_steps, ref_steps, form, real_only=False)
+    # padding rows included: their values are defined by the graph (see pagedc.testing.reference);
+    # except for form C, whose Attention op (ORT) does not give fully masked pad rows HF's uniform softmax
+    logits_diff, present_diff = steps_max_diff(ort_steps, ref_steps, form, real_only=form == "attention")
     atol = tolerance["float32"]["atol"]
     assert logits_diff <= atol, f"logits differ by {logits_diff:.3g}"
     assert present_diff <= atol, f"present differs by {present_diff:.3g}"

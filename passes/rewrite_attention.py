@@ -1,0 +1,58 @@
+"""Page one form-C site: replace ONNX `Attention` (opset 23/24) with past by paged attention from plain ops.
+
+    before:  Attention(Q, K, V, attn_mask, past_key, past_value) -> (Y, present_key, present_value)
+             Q [B,H,S,Dh] | [B,S,H·Dh]; K, V [B,Hkv,S,Dh] | [B,S,Hkv·Dh]; Y like Q
+    after:   K, V ─ScatterND▶ key_cache_out.{i} ─GatherND▶ key [B,Hkv,T,Dh]; Y = attend(Q, key, value) with the paged mask
+
+The layer's own attn_mask (already classified causal) and the past/present
+values fall away. MIGraphX cannot take this op at all (its parser mistakes
+it for com.microsoft.Attention), so the rewrite also makes such models
+compilable there.
+"""
+
+from __future__ import annotations
+
+import math
+
+import onnx_ir as ir
+
+from pagedc.passes.grouped_attention import attend
+from pagedc.passes.paged_builder import PagedBuilder
+from pagedc.passes.site import AttentionSite
+
+
+def _attr(node: ir.Node, name: str, default):
+    attr = node.attributes.get(name)
+    return attr.value if attr is not None else default
+
+
+def check_attention(site: AttentionSite) -> str | None:
+    node = site.nodes["op"]
+    if len(node.outputs) > 3 and node.outputs[3].uses():
+        return "Attention's qk_matmul_output is used; the paged rewrite does not produce it"
+    if len(node.inputs) > 6 and node.inputs[6] is not None:
+        return "Attention with nonpad_kv_seqlen is not supported"
+    if not (site.num_heads and site.num_kv_heads and site.head_dim):
+        return "q_num_heads / kv_num_heads or head_dim is unknown (needs 4-D inputs or the head attributes)"
+    return None
+
+
+def rewrite_attention(site: AttentionSite, builder: PagedBuilder, pools: list[ir.Value]) -> list[ir.Value]:
+    node, b = site.nodes["op"], builder
+    h, hkv, dh = site.num_heads, site.num_kv_heads, site.head_dim
+    is_3d = node.inputs[0].shape is not None and len(node.inputs[0].shape) == 3
+    q, k, v = node.inputs[:3]
+    if is_3d:   # [B, S, heads·Dh] -> [B, S, heads, Dh]; K/V stay token-first for the scatter
+        q = b.op("Transpose", b.op("Reshape", q, b.const([0, 0, h, dh])), perm=[0, 2, 1, 3])
+        k, v = (b.op("Reshape", x, b.const([0, 0, hkv, dh])) for x in (k, v))
+    outs, key, value = b.write_and_read(pools, k, v, hkv, tokens_first=is_3d)
+    scale = _attr(node, "scale", 0.0) or 1.0 / math.sqrt(dh)
+    out = attend(b, q, key, value, h, hkv, dh, scale, _attr(node, "softcap", 0.0), pools[0].dtype)  # [B, H, S, Dh]
+    if is_3d:
+        out = b.op("Reshape", b.op("Transpose", out, perm=[0, 2, 1, 3]), b.const([0, 0, h * dh]))
+    node.outputs[0].replace_all_uses_with(out)
+    for present in node.outputs[1:3]:
+        if present.is_graph_output():
+            b.graph.outputs.remove(present)
+    b.graph.remove(node, safe=True)
+    return outs
