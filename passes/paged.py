@@ -105,6 +105,10 @@ def _pageable_sites(model: ir.Model) -> list[AttentionSite]:
             problems.append(f"layer {site.layer} ({site.form}, {site.past_key}): {reason}")
     if not detection.sites and not problems:
         problems.append("no attention layer with a dense KV cache found (run `pagedc inspect` to see what the model has)")
+    shapes = {(s.num_kv_heads, s.head_dim) for s in detection.sites}
+    if len(shapes) > 1:
+        problems.append(f"layers differ in (KV heads, head dim): {sorted(shapes)}; the paged ABI gives every "
+                        "layer's pool one shape")
     if problems:
         raise PagedRewriteError(problems)
     return detection.sites
