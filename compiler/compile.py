@@ -1,12 +1,17 @@
-"""The compile driver: dense model.onnx -> OUT/{model.onnx, model.onnx.data, manifest.json}.
+"""The compile driver: dense model.onnx -> OUT/{model.onnx + model.onnx.data | <bucket>.mxr ..., manifest.json}.
 
-    load (graph only) -> rewrite_to_paged -> size the pools -> write into a
+    load (graph only) -> rewrite_to_paged -> size the pools
+    [mxr: lower + check every bucket -> import migraphx] -> write into a
     staging directory -> rename it to OUT
 
 Everything is written into `OUT.tmp-*` next to OUT and renamed at the end, so
 a failed compile leaves nothing behind and an existing OUT is replaced whole.
-The target is ONNX Runtime (CPU): one artifact with dynamic batch, sequence
-and block dims serves prefill and decode.
+Targets (one explicit branch where they differ):
+- onnx: ONNX Runtime (CPU), one artifact with dynamic batch, sequence and
+  block dims serves prefill and decode;
+- mxr: MIGraphX, one static .mxr per shape bucket (pagedc.mxr_compile); every
+  bucket is lowered and checked before MIGraphX is imported or anything written;
+- auto: mxr when `import migraphx` works, else onnx (said on the progress stream).
 """
 
 from __future__ import annotations
@@ -24,12 +29,16 @@ import onnx_ir as ir
 
 from pagedc.manifest import Artifact, LayerPools, Manifest
 from pagedc.model_file import load_model
+from pagedc.mxr_compile import MxrPlan, plan_mxr, write_mxr
 from pagedc.passes.paged import RewriteReport, rewrite_to_paged
+from pagedc.runtime.migraphx_import import MigraphxUnavailable, import_migraphx, is_migraphx_available
 
 log = logging.getLogger(__name__)
 MODEL_FILE = "model.onnx"
 DEFAULT_KV_MEMORY = 256 * 2**20
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "genai_config.json")
+TARGETS = ("auto", "mxr", "onnx")
+DEVICES = ("gpu", "ref", "cpu")
 
 
 class CompileError(Exception):
@@ -42,13 +51,22 @@ class CompileOptions:
     layout: str = "separate"
     num_blocks: int | None = None      # wins over kv_memory
     kv_memory: int = DEFAULT_KV_MEMORY  # bytes for all pools together
-    target: str = "onnx"
+    target: str = "onnx"               # "onnx" | "mxr" | "auto" (the CLI's default)
     overwrite: bool = False
+    # MIGraphX (target mxr) only:
+    device: str = "gpu"                # migraphx.get_target(device): "gpu" | "ref" | "cpu"
+    prefill_lens: tuple[int, ...] = (512,)   # one prefill bucket [B, S] per batch and length
+    batches: tuple[int, ...] = (1,)          # one decode bucket [B, 1] per batch
+    max_context: int | None = None     # tokens per sequence; default max(2048, longest prefill) capped by the pool
+    fp16: bool = False                 # migraphx.quantize_fp16 before compiling
+    offload_copy: bool = True          # program takes and returns host buffers
+    emit_standard: bool = False        # also standard_*.mxr: the dense model at the same buckets
 
 
 def compile_model(source: Path, out_dir: Path, options: CompileOptions,
                   progress: Callable[[str], None] = log.info) -> Manifest:
     source, out_dir = Path(source), Path(out_dir)
+    target = resolve_target(options, progress)
     _check_out_dir(out_dir, options.overwrite)
     progress(f"loading {source} (graph only; weights stay on disk)")
     model = load_model(source)
@@ -56,20 +74,48 @@ def compile_model(source: Path, out_dir: Path, options: CompileOptions,
     model, report = rewrite_to_paged(model, block_size=options.block_size, layout=options.layout)
     progress(f"rewrote {report.num_layers} layer(s): " + ", ".join(f"{n} {form}" for form, n in report.rewrites.items()))
     num_blocks = _num_blocks(report, options)
+    plan = plan_mxr(source, model, num_blocks, options, progress) if target == "mxr" else None
+    migraphx = _import_migraphx() if target == "mxr" else None
     staging = Path(tempfile.mkdtemp(prefix=f"{out_dir.name}.tmp-", dir=out_dir.parent))
     staging.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; OUT should look like any new directory
     try:
-        progress(f"writing {staging / MODEL_FILE} and its weights")
-        ir.save(model, str(staging / MODEL_FILE), external_data=MODEL_FILE + ".data")
-        manifest = _manifest(source, model, report, num_blocks, options)
+        if target == "onnx":
+            progress(f"writing {staging / MODEL_FILE} and its weights")
+            ir.save(model, str(staging / MODEL_FILE), external_data=MODEL_FILE + ".data")
+            manifest = _manifest(source, model, report, num_blocks, options)
+        else:
+            manifest = _mxr_manifest(source, model, report, num_blocks, options, plan,
+                                     write_mxr(plan, migraphx, staging, options, progress))
         manifest.write(staging)
         _copy_tokenizer(source.parent, staging, progress)
         _commit(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    progress(f"wrote {out_dir} ({num_blocks} blocks of {options.block_size} tokens, {options.layout} K/V)")
+    progress(f"wrote {out_dir} ({num_blocks} blocks of {options.block_size} tokens, {options.layout} K/V, "
+             f"{len(manifest.artifacts)} {manifest.backend} artifact(s))")
     return manifest
+
+
+def resolve_target(options: CompileOptions, progress: Callable[[str], None]) -> str:
+    """"auto" -> "mxr" when MIGraphX imports, else "onnx"; says which. --emit-standard needs mxr."""
+    target = options.target
+    if target not in TARGETS:
+        raise CompileError(f"target must be one of {TARGETS}, got {target!r}")
+    if target == "auto":
+        target = "mxr" if is_migraphx_available() else "onnx"
+        progress("target auto: " + ("MIGraphX is importable, compiling .mxr (--target mxr)" if target == "mxr" else
+                                    "MIGraphX is not importable, compiling for ONNX Runtime (--target onnx)"))
+    if options.emit_standard and target != "mxr":
+        raise CompileError("--emit-standard writes standard_*.mxr and needs the MIGraphX target (--target mxr)")
+    return target
+
+
+def _import_migraphx():
+    try:
+        return import_migraphx()
+    except MigraphxUnavailable as err:
+        raise CompileError(f"--target mxr: {err}. Nothing was written.") from None
 
 
 def _copy_tokenizer(source_dir: Path, staging: Path, progress: Callable[[str], None]) -> None:
@@ -105,12 +151,12 @@ def _num_blocks(report: RewriteReport, options: CompileOptions) -> int:
 
 
 def _manifest(source: Path, model: ir.Model, report: RewriteReport, num_blocks: int,
-              options: CompileOptions) -> Manifest:
+              options: CompileOptions, **backend_fields) -> Manifest:
     inputs = {v.name: [d if isinstance(d, int) else str(d) for d in v.shape] for v in model.graph.inputs}
     dtypes = {v.name: v.dtype.numpy().name for v in model.graph.inputs}
     logits = next((v for v in model.graph.outputs if v.name == "logits"), None)
     vocab = logits.shape[-1] if logits is not None and logits.shape is not None else None
-    return Manifest(
+    fields = dict(
         backend="onnxruntime", target="cpu", source_model=source.name, source_sha256=_sha256(source),
         num_layers=report.num_layers, num_heads=report.num_heads, num_kv_heads=report.num_kv_heads,
         head_dim=report.head_dim, kv_dtype=ir.DataType[report.kv_dtype.upper()].numpy().name,
@@ -120,6 +166,17 @@ def _manifest(source: Path, model: ir.Model, report: RewriteReport, num_blocks: 
         vocab_size=vocab if isinstance(vocab, int) else None,
         abi=_abi_note(options.layout),
     )
+    return Manifest(**{**fields, **backend_fields})
+
+
+def _mxr_manifest(source: Path, model: ir.Model, report: RewriteReport, num_blocks: int, options: CompileOptions,
+                  plan: MxrPlan, artifacts: tuple[list[Artifact], list[Artifact]]) -> Manifest:
+    paged, standard = artifacts
+    pool = report.pools[0].inputs[0]
+    return _manifest(source, model, report, num_blocks, options, backend="migraphx", target=options.device,
+                     artifacts=tuple(paged), kv_dtype=paged[0].dtypes[pool], max_context=plan.max_context,
+                     backend_options={"offload_copy": options.offload_copy, "fp16": options.fp16},
+                     standard_artifacts=tuple(standard), standard=plan.standard_note)
 
 
 def _abi_note(layout: str) -> dict:

@@ -1,4 +1,4 @@
-"""`pagedc compile`: write the paged model and its manifest."""
+"""`pagedc compile`: write the paged model (ONNX Runtime or MIGraphX artifacts) and its manifest."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ from pathlib import Path
 
 import click
 
-from pagedc.compile import CompileError, CompileOptions, compile_model
+from pagedc.compile import DEVICES, TARGETS, CompileError, CompileOptions, compile_model
 from pagedc.model_file import ModelFileError
+from pagedc.mxr_compile import MxrCompileError
+from pagedc.mxr_lowering import LoweringError
 from pagedc.passes.paged import LAYOUTS, PagedRewriteError
 
 _UNITS = {"": 1, "B": 1, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "KB": 10**3, "MB": 10**6, "GB": 10**9}
@@ -39,27 +41,46 @@ class ByteSize(click.ParamType):
               help="Memory for all KV pools together; sets the number of blocks unless --num-blocks is given.")
 @click.option("--layout", type=click.Choice(LAYOUTS), default="separate", show_default=True,
               help="One K and one V pool per layer, or one combined pool holding both.")
-@click.option("--target", type=click.Choice(["onnx"]), default="onnx", show_default=True,
-              help="What to compile for: ONNX Runtime.")
+@click.option("--target", type=click.Choice(TARGETS), default="auto", show_default=True,
+              help="mxr: MIGraphX .mxr per shape bucket; onnx: one ONNX Runtime model; "
+                   "auto: mxr when `import migraphx` works, else onnx.")
+@click.option("--device", type=click.Choice(DEVICES), default="gpu", show_default=True,
+              help="MIGraphX target to compile for (mxr).")
+@click.option("--prefill-len", "prefill_lens", type=click.IntRange(min=1), multiple=True, default=(512,),
+              show_default=True, help="Tokens of a prefill bucket [B, S]; repeat for several (mxr).")
+@click.option("--batch", "batches", type=click.IntRange(min=1), multiple=True, default=(1,), show_default=True,
+              help="Sequences of a bucket; repeat for several; each gets prefill and decode buckets (mxr).")
+@click.option("--max-context", type=click.IntRange(min=1),
+              help="Tokens one sequence may span (mxr) "
+                   "[default: max(2048, longest --prefill-len), capped by the pool].")
+@click.option("--fp16", is_flag=True, help="Quantize the MIGraphX programs to fp16 (mxr).")
+@click.option("--offload-copy/--no-offload-copy", default=True, show_default=True,
+              help="MIGraphX programs take and return host buffers (mxr; pagedc's runtime needs it).")
+@click.option("--emit-standard", is_flag=True,
+              help="Also compile the dense model at the same buckets into standard_*.mxr, for verify (mxr).")
 @click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
-def compile_command(model: Path, out_dir: Path | None, block_size: int, num_blocks: int | None,
-                    kv_memory: int, layout: str, target: str, force: bool) -> None:
-    """Rewrite MODEL's attention to paged attention and write it with a manifest.
+def compile_command(model: Path, out_dir: Path | None, force: bool, **settings) -> None:
+    """Rewrite MODEL's attention to paged attention and compile it with a manifest.
 
-    Writes OUT/model.onnx (weights in OUT/model.onnx.data) and OUT/manifest.json,
+    ONNX Runtime: writes OUT/model.onnx (weights in OUT/model.onnx.data).
+    MIGraphX: writes one OUT/<bucket>.mxr per static shape bucket (prefill
+    [B, --prefill-len], decode [B, 1], for every --batch), after checking each
+    lowered graph against MIGraphX's ONNX parser. Both write OUT/manifest.json,
     atomically: on failure nothing is left behind. Prints OUT on stdout.
 
     \b
     Examples:
-      pagedc compile model.onnx                          # -> model.paged/
-      pagedc compile model.onnx -o out --block-size 32 --kv-memory 2GiB
+      pagedc compile model.onnx                          # -> model.paged/ (MIGraphX if installed)
+      pagedc compile model.onnx -o out --block-size 32 --kv-memory 2GiB --target onnx
       pagedc compile model.onnx --layout combined --num-blocks 1024
+      pagedc compile model.onnx --target mxr --device gpu --batch 1 --batch 8 --prefill-len 128 --prefill-len 1024
+      pagedc compile model.onnx --target mxr --max-context 4096 --fp16 --emit-standard
     """
     out_dir = out_dir or model.with_name(model.stem + ".paged")
-    options = CompileOptions(block_size=block_size, layout=layout, num_blocks=num_blocks,
-                             kv_memory=kv_memory, target=target, overwrite=force)
+    settings["prefill_lens"], settings["batches"] = tuple(settings["prefill_lens"]), tuple(settings["batches"])
+    options = CompileOptions(overwrite=force, **settings)
     try:
         compile_model(model, out_dir, options, progress=lambda msg: click.echo(f"pagedc: {msg}", err=True))
-    except (ModelFileError, CompileError, PagedRewriteError) as err:
+    except (ModelFileError, CompileError, PagedRewriteError, LoweringError, MxrCompileError) as err:
         raise click.ClickException(str(err)) from None
     click.echo(str(out_dir))

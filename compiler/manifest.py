@@ -8,6 +8,15 @@ slot = block_id * block_size + position % block_size; block 0 is the null
 block (padding only); separate layout: block_table [B, max_blocks] and
 slot_mapping [B*S]; combined layout: block_table [B, 2, max_blocks] and
 slot_mapping [2, B*S] (row 0 K, row 1 V; K and V blocks of one token may differ).
+
+MIGraphX manifests (backend "migraphx") hold one artifact per static shape
+bucket (phase "prefill" or "decode", every input's shape an int list) and the
+outputs of each in the order the program returns them; `max_context` bounds
+the tokens one sequence may span (max_blocks = ceil(max_context / block_size)).
+`--emit-standard` adds `standard_artifacts` (the dense model at static shapes)
+and, in `standard`, how to feed their KV inputs (see pagedc.mxr_standard).
+NOTE: these fields are optional with empty defaults, so version-1 manifests
+written before them still load; format_version stays 1.
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ class Artifact:
     phase: str                   # "any" (dynamic shapes), "prefill" or "decode"
     inputs: dict[str, list]      # input name -> shape (ints, or dim names when dynamic)
     dtypes: dict[str, str]       # input name -> numpy dtype name
+    outputs: list[str] = field(default_factory=list)   # output names, in the order the artifact returns them
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,10 @@ class Manifest:
     artifacts: tuple[Artifact, ...]
     vocab_size: int | None = None
     abi: dict = field(default_factory=dict)
+    max_context: int | None = None          # static buckets: tokens one sequence may span
+    backend_options: dict = field(default_factory=dict)   # e.g. MIGraphX {"offload_copy": true, "fp16": false}
+    standard_artifacts: tuple[Artifact, ...] = ()         # the dense model at static shapes (--emit-standard)
+    standard: dict = field(default_factory=dict)          # how standard_artifacts take their KV inputs
     format_version: int = FORMAT_VERSION
 
     def write(self, directory: Path) -> Path:
@@ -84,6 +98,7 @@ class Manifest:
         try:
             data["pools"] = tuple(LayerPools(p["layer"], tuple(p["inputs"]), tuple(p["outputs"])) for p in data["pools"])
             data["artifacts"] = tuple(Artifact(**a) for a in data["artifacts"])
+            data["standard_artifacts"] = tuple(Artifact(**a) for a in data.get("standard_artifacts", ()))
             return cls(**data)
         except (KeyError, TypeError) as err:
             raise ManifestError(f"{path}: malformed manifest ({err})") from None

@@ -14,8 +14,8 @@ from tests.paged_harness import DenseRunner
 @pytest.fixture(scope="module")
 def out_dir(tmp_path_factory, dense_model):
     out = tmp_path_factory.mktemp("gen") / "model.paged"
-    result = CliRunner().invoke(main, ["compile", str(dense_model("decomposed")), "-o", str(out), "--num-blocks", "64",
-                                       "--block-size", "4"])
+    result = CliRunner().invoke(main, ["compile", str(dense_model("decomposed")), "-o", str(out), "--target", "onnx",
+                                       "--num-blocks", "64", "--block-size", "4"])
     assert result.exit_code == 0, result.output
     return out
 
@@ -74,7 +74,7 @@ def test_prompt_text_uses_the_tokenizer_copied_by_compile(tmp_path, dense_model)
     tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
     tokenizer.save(str(source.parent / "tokenizer.json"))
     out = tmp_path / "out"
-    assert _run("compile", source, "-o", out, "--num-blocks", "32").exit_code == 0
+    assert _run("compile", source, "-o", out, "--target", "onnx", "--num-blocks", "32").exit_code == 0
     assert (out / "tokenizer.json").exists()
     by_text = _run("generate", out, "--prompt", "once upon a time", "--max-new-tokens", "5")
     by_ids = _run("generate", out, "--prompt-ids", "1,2,3,4", "--max-new-tokens", "5", "--stats")

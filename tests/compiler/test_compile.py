@@ -33,7 +33,8 @@ def _external_copy(tmp_path, form="decomposed", **config):
 def test_compile_writes_model_weights_and_manifest(tmp_path):
     source = _external_copy(tmp_path)
     out = tmp_path / "out"
-    result = _run("compile", source, "-o", out, "--block-size", "8", "--num-blocks", "64", "--layout", "combined")
+    result = _run("compile", source, "-o", out, "--target", "onnx", "--block-size", "8", "--num-blocks", "64",
+                  "--layout", "combined")
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == str(out)
     assert "rewrote 2 layer(s): 2 decomposed" in result.stderr
@@ -50,7 +51,8 @@ def test_compile_writes_model_weights_and_manifest(tmp_path):
 
 def test_kv_memory_sets_num_blocks(tmp_path, dense_model):
     out = tmp_path / "out"
-    result = _run("compile", dense_model("gqa"), "-o", out, "--block-size", "16", "--kv-memory", "1MiB")
+    result = _run("compile", dense_model("gqa"), "-o", out, "--target", "onnx", "--block-size", "16",
+                  "--kv-memory", "1MiB")
     assert result.exit_code == 0, result.output
     # 2 layers x (K + V) x 2 heads x 16 tokens x 16 dims x 4 bytes = 8 KiB per block
     assert Manifest.read(out).num_blocks == 2**20 // 8192
@@ -79,7 +81,7 @@ def test_existing_output_needs_force(tmp_path, dense_model):
     result = _run("compile", dense_model("decomposed"), "-o", out)
     assert result.exit_code == 1 and "already exists; pass --force" in result.stderr
     assert (out / "keep.txt").exists()
-    result = _run("compile", dense_model("decomposed"), "-o", out, "--force", "--num-blocks", "8")
+    result = _run("compile", dense_model("decomposed"), "-o", out, "--target", "onnx", "--force", "--num-blocks", "8")
     assert result.exit_code == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert not (out / "keep.txt").exists() and Manifest.read(out).num_blocks == 8
@@ -97,7 +99,7 @@ def test_bad_options_are_usage_errors(dense_model, tmp_path, args, message):
 
 def test_manifest_of_unknown_version_is_refused(tmp_path, dense_model):
     out = tmp_path / "out"
-    assert _run("compile", dense_model("decomposed"), "-o", out).exit_code == 0
+    assert _run("compile", dense_model("decomposed"), "-o", out, "--target", "onnx").exit_code == 0
     data = json.loads((out / FILENAME).read_text())
     data["format_version"] = 99
     (out / FILENAME).write_text(json.dumps(data))
