@@ -7,7 +7,8 @@ Run inside the exporter's venv (needs torch, transformers, onnx, onnxruntime):
 Runs a batch-2 prefill with prompts of different lengths (so the attention
 mask carries padding) and DECODE_STEPS decode steps that feed each step's
 present.* outputs back as past_key_values.*, then compares every valid logit
-row with the torch model run on each unpadded sequence alone.  Writes
+row with the torch model run on each unpadded sequence alone.  The prefill
+feeds an empty cache (past length 0), as a serving engine's first step does.  Writes
 check.json next to the model (figures + the graph's I/O) and exits non-zero
 when the difference exceeds TOLERANCE.
 
@@ -15,7 +16,7 @@ Padding side follows what the graph can express:
 - no position_ids input (onnxruntime-genai, GroupQueryAttention): positions
   come from seqlens_k = sum(attention_mask) - 1, so only right padding is
   meaningful (the valid tokens of a row are its first ones, in the cache too);
-- position_ids input (optimum): left padding with
+- position_ids input (optimum, dynamo): left padding with
   position_ids = cumsum(attention_mask) - 1, as HF generate() does.
 """
 
@@ -126,6 +127,7 @@ class OnnxDecoder:
         positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
         empty = np.zeros((b, self.kv_heads, 0, self.head_dim), np.float32)  # no past yet
         past = {name: empty for name, _ in self.kv}
+        self.prefill_past_len = empty.shape[2]
         logits, self.past = self.run(ids, mask, positions, past)
         self.mask, self.lens = mask, np.array(lens)
         if self.padding == "right":
@@ -163,6 +165,7 @@ def compare(hf_dir: pathlib.Path, onnx_path: pathlib.Path) -> dict:
         "batch": len(prompts),
         "prompt_lens": PROMPT_LENS,
         "padding": dec.padding,
+        "prefill_past_len": dec.prefill_past_len,
         "decode_steps": DECODE_STEPS,
         "prefill_max_abs_diff": prefill_diff,
         "decode_max_abs_diff": decode_diffs,
@@ -184,7 +187,10 @@ def versions() -> dict:
     """Versions of the packages that made and checked this export."""
     import importlib.metadata as md
 
-    names = ["torch", "transformers", "onnx", "onnxruntime", "onnxruntime-genai", "optimum", "optimum-onnx"]
+    names = [
+        "torch", "transformers", "onnx", "onnxruntime", "onnxscript", "onnx-ir",
+        "onnxruntime-genai", "optimum", "optimum-onnx",
+    ]  # fmt: skip
     found = {}
     for name in names:
         try:

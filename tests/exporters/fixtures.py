@@ -2,18 +2,23 @@
 
 pagedc's passes must be tested on graphs pagedc did not write.  This module
 builds them on first use, from the main test venv (no torch/transformers
-there): one venv per exporter, because onnxruntime-genai's builder needs
-transformers 5.x and optimum-onnx pins transformers < 4.58.
+there): three exporters in two venvs (VENVS), because onnxruntime-genai's
+builder needs transformers 5.x and optimum-onnx pins transformers < 4.58:
+- genai: onnxruntime-genai's model builder (GroupQueryAttention graphs);
+- optimum: optimum-onnx's TorchScript export (plain ONNX, decomposed attention);
+- dynamo: torch.onnx.export(dynamo=True) of a wrapper module (export_dynamo.py),
+  run in the genai venv (transformers 5 + onnxscript): plain ONNX from
+  torch.export, constants folded, SDPA decomposed.
 
-    exported_model("llama" | "qwen2", "genai" | "optimum") -> .../model.onnx
+    exported_model("llama" | "qwen2", "genai" | "optimum" | "dynamo") -> .../model.onnx
     export_check(arch, exporter) -> the figures of check_export.py (check.json)
 
 Build steps, all by subprocess with HF_HUB_OFFLINE=1:
-1. venv per exporter: `python -m venv`, `pip install torch==2.13.0` (first, so
+1. venv per VENVS entry: `python -m venv`, `pip install torch==2.13.0` (first, so
    the local CPU wheel wins; its dependencies constrained by the file), then
-   `pip install -r requirements-<exporter>.txt`;
+   `pip install -r requirements-<venv>.txt`;
 2. the tiny HF model of an arch, made ONCE in the genai venv
-   (make_hf_model.py), so both exports of an arch share weights;
+   (make_hf_model.py), so all exports of an arch share weights;
 3. the export, then check_export.py in the exporter's venv (logits vs torch).
 
 Cache: ${PAGEDC_CACHE:-~/.cache/pagedc}/exporters/<key>/, key = hash of the
@@ -41,12 +46,13 @@ import time
 
 HERE = pathlib.Path(__file__).resolve().parent
 ARCHS = ("llama", "qwen2")
-EXPORTERS = ("genai", "optimum")
+EXPORTERS = ("genai", "optimum", "dynamo")
+VENVS = {"genai": "genai", "optimum": "optimum", "dynamo": "genai"}  # exporter -> requirements-<venv>.txt
 HF_ENV = "genai"  # the venv that makes the HF models (transformers 5 writes rope_parameters)
 TORCH_PIN = "torch==2.13.0"
-SCRIPTS = ("make_hf_model.py", "check_export.py")
+SCRIPTS = ("make_hf_model.py", "check_export.py", "export_dynamo.py")
 
-# Exporter command lines, run with the exporter venv's python.
+# Exporter command lines, run with the exporter venv's python (cwd: this directory).
 EXPORT_COMMANDS = {
     "genai": [
         "-m", "onnxruntime_genai.models.builder",
@@ -56,6 +62,7 @@ EXPORT_COMMANDS = {
         "-m", "optimum.commands.optimum_cli", "export", "onnx",
         "-m", "{hf}", "--task", "text-generation-with-past", "{out}",
     ],
+    "dynamo": ["export_dynamo.py", "--hf", "{hf}", "--out", "{out}"],
 }  # fmt: skip
 
 _failed: dict = {}  # venv -> ExporterUnavailable, so one pytest run tries once
@@ -80,10 +87,10 @@ def log(msg: str) -> None:
 def cache_key() -> str:
     """Hash of everything that decides what gets built."""
     h = hashlib.sha256()
-    names = sorted(f"requirements-{e}.txt" for e in EXPORTERS) + sorted(SCRIPTS)
+    names = sorted(f"requirements-{v}.txt" for v in set(VENVS.values())) + sorted(SCRIPTS)
     for name in names:
         h.update(name.encode() + b"\0" + (HERE / name).read_bytes() + b"\0")
-    h.update(json.dumps([EXPORT_COMMANDS, TORCH_PIN, HF_ENV]).encode())
+    h.update(json.dumps([EXPORT_COMMANDS, VENVS, TORCH_PIN, HF_ENV], sort_keys=True).encode())
     h.update(f"py{sys.version_info.major}.{sys.version_info.minor}".encode())
     return h.hexdigest()[:16]
 
@@ -145,7 +152,7 @@ def python_of(venv: pathlib.Path) -> pathlib.Path:
 
 
 def ensure_venv(root: pathlib.Path, exporter: str) -> pathlib.Path:
-    """The exporter's venv, created and installed on first use (caller holds the lock)."""
+    """The venv named `exporter` (a VENVS value), created and installed on first use (caller holds the lock)."""
     venv = root / f"venv-{exporter}"
     ready = venv / ".pagedc-ready"
     if ready.exists():
@@ -187,7 +194,7 @@ def staging(root: pathlib.Path, final: pathlib.Path):
 
 
 def ensure_hf_model(root: pathlib.Path, arch: str) -> pathlib.Path:
-    """The tiny HF model dir of one arch, shared by both exporters."""
+    """The tiny HF model dir of one arch, shared by all exporters."""
     final = root / f"hf-{arch}"
     if final.exists():
         return final
@@ -216,7 +223,7 @@ def build_export(root: pathlib.Path, arch: str, exporter: str, final: pathlib.Pa
     t0 = time.monotonic()
     log(f"building {arch}/{exporter} under {root} (first use: ~2 min cold)")
     hf = ensure_hf_model(root, arch)
-    py = python_of(ensure_venv(root, exporter))
+    py = python_of(ensure_venv(root, VENVS[exporter]))
     log_path = root / "logs" / f"{arch}-{exporter}.log"
     log_path.unlink(missing_ok=True)
     with staging(root, final) as out:

@@ -1,7 +1,7 @@
 """The cached real-exporter models are there, checked, and run in the main venv.
 
-These run on the exports fixtures.py builds (first run: ~2 minutes for all
-four; later runs read the cache).  They pin down what pagedc's passes can
+These run on the exports fixtures.py builds (first run: ~2.5 minutes for all
+six; later runs read the cache).  They pin down what pagedc's passes can
 count on: the I/O of each exporter's graph, and that each graph matches the
 torch model it came from.
 """
@@ -74,14 +74,15 @@ def test_export_runs_in_main_venv(exported_model_factory, arch, exporter):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_exporters_agree(exported_model_factory, arch):
-    """Both exports of one arch come from the same HF weights, so their logits agree."""
+    """All exports of one arch come from the same HF weights, so their logits agree."""
     paths = [exported_model_factory(arch, e) for e in EXPORTERS]
     ids = np.array([[5, 17, 42, 300], [9, 8, 7, 6]], np.int64)
     nxt = np.array([[11], [12]], np.int64)
     (a1, _), (a2, _) = prefill_and_decode(paths[0], ids, nxt)
-    (b1, _), (b2, _) = prefill_and_decode(paths[1], ids, nxt)
-    np.testing.assert_allclose(a1, b1, atol=1e-4, rtol=0)
-    np.testing.assert_allclose(a2, b2, atol=1e-4, rtol=0)
+    for exporter, path in zip(EXPORTERS[1:], paths[1:], strict=True):
+        (b1, _), (b2, _) = prefill_and_decode(path, ids, nxt)
+        np.testing.assert_allclose(a1, b1, atol=1e-4, rtol=0, err_msg=f"{EXPORTERS[0]} vs {exporter} prefill")
+        np.testing.assert_allclose(a2, b2, atol=1e-4, rtol=0, err_msg=f"{EXPORTERS[0]} vs {exporter} decode")
 
 
 def consumers(graph, name):
@@ -114,3 +115,34 @@ def test_optimum_concats_past(exported_model_factory, arch):
             assert onnx.helper.get_attribute_value(concats[0].attribute[0]) == -2
             assert concats[0].output[0] == "present." + i.name[len("past_key_values.") :]
             assert concats[0].output[0] in outputs
+
+
+def dims(value):
+    return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_dynamo_io_and_concats_past(exported_model_factory, arch):
+    model = onnx.load(str(exported_model_factory(arch, "dynamo")))
+    graph = model.graph
+    assert {o.domain or "ai.onnx": o.version for o in model.opset_import}["ai.onnx"] >= 18
+    assert not [n for n in graph.node if n.domain not in ("", "ai.onnx")] and not model.functions  # plain ONNX
+    kv = [f"{i}.{t}" for i in range(LAYERS) for t in ("key", "value")]
+    inputs = {i.name: dims(i) for i in graph.input}
+    assert list(inputs) == ["input_ids", "attention_mask", "position_ids", *(f"past_key_values.{n}" for n in kv)]
+    assert [o.name for o in graph.output] == ["logits", *(f"present.{n}" for n in kv)]
+    assert inputs["input_ids"] == inputs["position_ids"] == ["batch", "sequence_length"]
+    assert inputs["attention_mask"] == ["batch", "past_sequence_length + sequence_length"]
+    for n in kv:
+        assert inputs[f"past_key_values.{n}"] == ["batch", KV_HEADS, "past_sequence_length", HEAD_DIM]
+    # Attention is decomposed (no SDPA-like op): one Softmax per layer.
+    assert sum(n.op_type == "Softmax" for n in graph.node) == LAYERS
+    for i in graph.input:
+        if i.name.startswith("past_key_values."):
+            # Concat(past, new, axis=-2) is the present output itself; other consumers only read Shape.
+            uses = consumers(graph, i.name)
+            concats = [n for n in uses if n.op_type == "Concat"]
+            assert len(concats) == 1 and concats[0].input[0] == i.name, i.name
+            assert onnx.helper.get_attribute_value(concats[0].attribute[0]) == -2
+            assert concats[0].output[0] == "present." + i.name[len("past_key_values.") :]
+            assert {n.op_type for n in uses} <= {"Concat", "Shape"}, i.name
