@@ -132,6 +132,17 @@ class PagedBuilder:
                                            self.const([0]))
         return self._cache["width"]
 
+    def past_shape(self, num_kv_heads: int, head_dim: int) -> ir.Value:
+        """[B, Hkv, T - S, Dh] int64: the shape a dense past would have if the context were T tokens."""
+        key = ("past_shape", num_kv_heads, head_dim)
+        if key not in self._cache:
+            batch_seq = self.op("Shape", self.position_ids)                              # [B, S]
+            past_len = self.op("Sub", self.op("Unsqueeze", self.context_width(), self.const([0])),
+                               self.op("Slice", batch_seq, self.const([1]), self.const([2])))
+            self._cache[key] = self.op("Concat", self.op("Slice", batch_seq, self.const([0]), self.const([1])),
+                                       self.const([num_kv_heads]), past_len, self.const([head_dim]), axis=0)
+        return self._cache[key]
+
     def heads_shape(self, num_heads: int) -> ir.Value:
         """[0, num_heads, -1, T]: a Reshape target that regroups scores [B, ·, ·, T] by heads."""
         key = ("heads_shape", num_heads)

@@ -40,8 +40,8 @@ def rewrite_decomposed(site: AttentionSite, builder: PagedBuilder, pools: list[i
     is_grouped = can_group(site)   # checked on the original K/V paths, before they are rewired
     new_key, new_value = key_concat.inputs[1], value_concat.inputs[1]       # [B, Hkv, S, Dh]
     outs, key, value = builder.write_and_read(pools, new_key, new_value, site.num_kv_heads)
-    _repair_past_shapes(key_concat.inputs[0], key, key_concat.inputs[1], builder)
-    _repair_past_shapes(value_concat.inputs[0], value, value_concat.inputs[1], builder)
+    for concat in (key_concat, value_concat):
+        _repair_past_shapes(concat.inputs[0], builder, site.num_kv_heads, site.head_dim)
     _drop_graph_output(builder.graph, key_concat.outputs[0], site.present_key)
     _drop_graph_output(builder.graph, value_concat.outputs[0], site.present_value)
     key_concat.outputs[0].replace_all_uses_with(key)
@@ -64,17 +64,22 @@ def _replace_mask(node: ir.Node, site: AttentionSite, builder: PagedBuilder) -> 
     node.replace_input_with(mask_index, builder.additive_mask(dtype))
 
 
-def _repair_past_shapes(past: ir.Value, gathered: ir.Value, new: ir.Value, builder: PagedBuilder) -> None:
-    """Shape(past) -> Shape(gathered) - [0, 0, S, 0]: a virtual past of T - S tokens."""
+def _repair_past_shapes(past: ir.Value, builder: PagedBuilder, num_kv_heads: int, head_dim: int) -> None:
+    """Shape(past) -> [B, Hkv, T - S, Dh]: a virtual past of T - S tokens, so the model's total length is T.
+
+    NOTE: built from the step inputs, not from this layer's gathered K: exports
+    (torch.onnx dynamo) read one layer's past shape for the whole model's mask
+    and reshapes, and a dependence on a later layer's K would be a cycle.
+    """
     for node, _ in list(past.uses()):
         if node.op_type != "Shape":
             continue
-        new_len = builder.op("Mul", builder.op("Shape", new), builder.const([0, 0, 1, 0]))
-        virtual = builder.op("Sub", builder.op("Shape", gathered), new_len)            # [4] int64
         start = node.attributes["start"].as_int() if "start" in node.attributes else 0
         end = node.attributes["end"].as_int() if "end" in node.attributes else 4
-        sliced = builder.op("Slice", virtual, builder.const([start]), builder.const([end]))
-        node.outputs[0].replace_all_uses_with(sliced)
+        virtual = builder.past_shape(num_kv_heads, head_dim)                          # [4] int64
+        if (start, end) != (0, 4):
+            virtual = builder.op("Slice", virtual, builder.const([start]), builder.const([end]))
+        node.outputs[0].replace_all_uses_with(virtual)
 
 
 def _drop_graph_output(graph: ir.Graph, value: ir.Value, name: str) -> None:

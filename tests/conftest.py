@@ -14,7 +14,7 @@ from pagedc.passes.paged import rewrite_to_paged
 from pagedc.testing import DecoderConfig, build_decoder
 from tests.exporters.fixtures import ExporterUnavailable, exported_model
 
-EXPORTS = [("llama", "genai"), ("llama", "optimum"), ("qwen2", "genai"), ("qwen2", "optimum")]
+EXPORTS = [(arch, exporter) for arch in ("llama", "qwen2") for exporter in ("genai", "optimum", "dynamo")]
 
 # The suite's one tolerance table.
 #
