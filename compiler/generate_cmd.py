@@ -9,6 +9,8 @@ import click
 
 from pagedc.manifest import ManifestError
 from pagedc.runtime import Engine, SamplingParams
+from pagedc.runtime.migraphx_import import MigraphxUnavailable
+from pagedc.runtime.mxr_program import MxrProgramError
 
 
 def _token_ids(ctx, param, values):
@@ -58,7 +60,7 @@ def generate_command(model: Path, prompt_ids, prompts_text, max_new_tokens, temp
         sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
         stream = engine.stream(prompts, max_new_tokens, sampling, stop_ids)
         _print_stream(stream, len(prompts), tokenizer)
-    except (ManifestError, ValueError) as err:
+    except (ManifestError, MigraphxUnavailable, MxrProgramError, ValueError) as err:
         raise click.ClickException(str(err)) from None
     if show_stats:
         figures = {**engine.manager.stats(), **engine.metrics()}

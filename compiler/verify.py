@@ -1,6 +1,7 @@
 """`pagedc verify`: the same prompts through a paged model and its standard (dense-cache) model, logits compared.
 
-    prompts (seeded, ragged) ─▶ standard: each sequence alone, dense cache fed back; greedy tokens
+    prompts (seeded, ragged) ─▶ standard: each sequence alone, dense cache fed back (.onnx on ONNX Runtime,
+                                 or --emit-standard .mxr on MIGraphX with static KV buffers); greedy tokens
                               ─▶ paged: one ragged batch driven by PagedKVCacheManager with shuffled blocks,
                                  decode steps fed the standard model's greedy tokens (teacher forcing)
     per step: max/mean |paged - standard|, max relative difference, mismatches per tolerance tier,
@@ -13,6 +14,7 @@ mismatches a tier when |paged - standard| > atol + rtol * |standard|.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,7 +22,12 @@ import numpy as np
 
 from pagedc.dense_runner import DenseRunner
 from pagedc.manifest import Manifest, ManifestError
-from pagedc.runtime import OrtPagedSession, PagedKVCacheManager
+from pagedc.model_file import load_model
+from pagedc.runtime import PagedKVCacheManager
+from pagedc.runtime.engine import paged_session
+from pagedc.runtime.migraphx_import import import_migraphx
+from pagedc.runtime.mxr_program import load_program, program_runner
+from pagedc.runtime.standard_cache import StandardKVCache
 
 TIERS = {"tight": (1e-5, 1e-4), "medium": (1e-4, 1e-3), "loose": (1e-3, 1e-2)}
 
@@ -56,9 +63,8 @@ class VerifyReport:
 def verify(paged: str | Path, standard: str | Path, *, batch: int = 2, prompt_len: int = 16,
            decode_steps: int = 8, seed: int = 0, tier: str = "medium") -> VerifyReport:
     manifest, directory = resolve_manifest(paged)
-    reference = DenseRunner(standard)
-    vocab = manifest.vocab_size or int(reference.session.get_outputs()[0].shape[-1])
-    prompts = seeded_prompts(batch, prompt_len, vocab, seed)
+    reference = standard_stepper(standard)
+    prompts = seeded_prompts(batch, prompt_len, manifest.vocab_size or _vocab(standard), seed)
     expected, tokens = _run_standard(reference, prompts, decode_steps)
     got = _run_paged(manifest, directory, prompts, tokens, seed)
     report = VerifyReport(str(paged), str(standard), tier, [len(p) for p in prompts])
@@ -85,17 +91,73 @@ def seeded_prompts(batch: int, prompt_len: int, vocab: int, seed: int) -> list[l
     return [[int(t) for t in rng.integers(1, vocab, n)] for n in lengths]
 
 
-def _run_standard(runner: DenseRunner, prompts: list[list[int]], decode_steps: int):
+def standard_stepper(path: str | Path) -> Callable[[], Callable[[list[int]], np.ndarray]]:
+    """new_sequence() -> step(tokens) -> logits [S, V]: the standard model, one sequence at a time.
+
+    A .onnx runs on ONNX Runtime with its dense cache fed back; a compile output
+    with `--emit-standard` artifacts (.mxr) runs on MIGraphX with static KV buffers.
+    """
+    path = Path(path)
+    if path.suffix == ".onnx":
+        runner = DenseRunner(path)
+
+        def new_dense_sequence():
+            state = {"start": 0, "past": None}
+
+            def step(tokens: list[int]) -> np.ndarray:
+                logits, state["past"] = runner.step(tokens, state["start"], state["past"])
+                state["start"] += len(tokens)
+                return logits
+            return step
+        return new_dense_sequence
+    manifest, directory = resolve_manifest(path)
+    return static_standard_stepper(manifest, standard_programs(manifest, directory))
+
+
+def static_standard_stepper(manifest: Manifest, runners: dict) -> Callable[[], Callable[[list[int]], np.ndarray]]:
+    """new_sequence() for the static standard artifacts, given a run function per artifact path."""
+
+    def new_static_sequence():
+        cache = StandardKVCache(manifest, batch=1)
+
+        def step(tokens: list[int]) -> np.ndarray:
+            artifact, feeds = cache.feeds([tokens])
+            outputs = dict(zip(artifact.outputs, runners[artifact.path](feeds)))
+            cache.update(artifact, outputs)
+            return np.array(outputs["logits"][0, : len(tokens)])
+        return step
+    return new_static_sequence
+
+
+def standard_programs(manifest: Manifest, directory: Path) -> dict:
+    """{artifact path: run function} of the MIGraphX standard artifacts (needs MIGraphX)."""
+    if not manifest.standard_artifacts:
+        raise ManifestError(f"{directory}: no standard artifacts; compile with --emit-standard, or pass the dense .onnx")
+    migraphx = import_migraphx()
+    return {a.path: program_runner(migraphx, load_program(migraphx, directory / a.path, a))
+            for a in manifest.standard_artifacts}
+
+
+def _vocab(standard: str | Path) -> int:
+    path = Path(standard)
+    if path.suffix == ".onnx":
+        return int(load_model(path).graph.outputs[0].shape[-1])
+    manifest, _ = resolve_manifest(path)
+    return int(manifest.vocab_size)
+
+
+def _run_standard(new_sequence, prompts: list[list[int]], decode_steps: int):
     """Per step, each sequence's logits ([S, V] rows); and the greedy tokens fed at each decode step."""
     logits: list[list[np.ndarray]] = [[] for _ in range(decode_steps + 1)]
     tokens: list[list[int]] = [[] for _ in range(decode_steps)]
     for prompt in prompts:
-        rows, past = runner.step(prompt, 0)
+        step = new_sequence()
+        rows = step(prompt)
         logits[0].append(rows)
         for t in range(decode_steps):
             token = int(np.argmax(rows[-1]))
             tokens[t].append(token)
-            rows, past = runner.step([token], len(prompt) + t, past)
+            rows = step([token])
             logits[t + 1].append(rows)
     return logits, tokens
 
@@ -118,13 +180,6 @@ def _run_paged(manifest: Manifest, directory: Path, prompts: list[list[int]], to
         step_logits = session.run(feeds)                                 # [B, S, V]
         logits.append([step_logits[i, : len(toks)] for i, toks in enumerate(new)])
     return logits
-
-
-def paged_session(manifest: Manifest, directory: Path):
-    """The session for the manifest's backend: the one place the two backends differ."""
-    if manifest.backend == "onnxruntime":
-        return OrtPagedSession(manifest, directory)
-    raise ManifestError(f"{directory}: backend {manifest.backend!r} cannot be verified by this pagedc")
 
 
 def compare(step: int, paged: list[np.ndarray], standard: list[np.ndarray]) -> StepComparison:

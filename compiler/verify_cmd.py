@@ -10,12 +10,14 @@ import click
 
 from pagedc.manifest import ManifestError
 from pagedc.model_file import ModelFileError
+from pagedc.runtime.migraphx_import import MigraphxUnavailable
+from pagedc.runtime.mxr_program import MxrProgramError
 from pagedc.verify import TIERS, VerifyReport, verify
 
 
 @click.command("verify")
 @click.argument("paged", type=click.Path(exists=True, path_type=Path))
-@click.argument("standard", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("standard", type=click.Path(exists=True, path_type=Path))
 @click.option("--batch", type=click.IntRange(min=1), default=2, show_default=True, help="Prompts (of ragged lengths).")
 @click.option("--prompt-len", type=click.IntRange(min=1), default=16, show_default=True, help="Longest prompt.")
 @click.option("--decode-steps", type=click.IntRange(min=0), default=8, show_default=True)
@@ -27,7 +29,9 @@ def verify_command(paged: Path, standard: Path, batch, prompt_len, decode_steps,
     """Check that PAGED computes what STANDARD computes.
 
     PAGED is a `pagedc compile` output (directory, manifest.json, or an artifact
-    in it); STANDARD is the dense-cache model it came from. Seeded prompts run
+    in it, .onnx or .mxr); STANDARD is the dense-cache model it came from: the
+    .onnx, or the standard_*.mxr of `pagedc compile --emit-standard` (its
+    directory, manifest.json or one of the .mxr files). Seeded prompts run
     through both, the paged side on shuffled, non-contiguous blocks; the logits
     of every step are compared at three tolerance tiers (atol, rtol):
     tight (1e-5, 1e-4), medium (1e-4, 1e-3), loose (1e-3, 1e-2).
@@ -36,13 +40,14 @@ def verify_command(paged: Path, standard: Path, batch, prompt_len, decode_steps,
     \b
     Examples:
       pagedc verify model.paged model.onnx
+      pagedc verify model.mxr/prefill_b1_s512.mxr model.mxr/standard_prefill_b1_s512.mxr   # MIGraphX both sides
       pagedc verify model.paged/manifest.json model.onnx --batch 4 --prompt-len 64 --decode-steps 16 --tier tight
       pagedc verify model.paged model.onnx --json | jq .passed
     """
     try:
         report = verify(paged, standard, batch=batch, prompt_len=prompt_len, decode_steps=decode_steps,
                         seed=seed, tier=tier)
-    except (ManifestError, ModelFileError, ValueError) as err:
+    except (ManifestError, ModelFileError, MigraphxUnavailable, MxrProgramError, ValueError) as err:
         raise click.ClickException(str(err)) from None
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else _table(report))
     sys.exit(0 if report.passed else 1)

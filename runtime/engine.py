@@ -26,6 +26,7 @@ import numpy as np
 
 from pagedc.manifest import Manifest
 from pagedc.runtime.block_manager import PagedKVCacheManager
+from pagedc.runtime.mxr_session import MxrPagedSession
 from pagedc.runtime.ort_session import OrtPagedSession, SessionOptions
 from pagedc.runtime.request import Request, Status
 from pagedc.runtime.sampling import SamplingParams, sample
@@ -78,13 +79,12 @@ class EngineOptions:
 
 class Engine:
     def __init__(self, manifest: Manifest, directory: str | Path, options: SessionOptions = SessionOptions(),
-                 engine_options: EngineOptions = EngineOptions()):
-        if manifest.backend != "onnxruntime":
-            raise ValueError(f"this engine runs ONNX Runtime artifacts; the manifest is for {manifest.backend}")
+                 engine_options: EngineOptions = EngineOptions(), session=None):
+        """`session` overrides the backend's session (anything with run(feeds), copy_blocks, pools)."""
         self.manifest = manifest
-        self.session = OrtPagedSession(manifest, directory, options)
+        self.session = session or paged_session(manifest, directory, options)
         self.manager = PagedKVCacheManager.from_manifest(manifest, engine_options.enable_prefix_caching)
-        self.scheduler = Scheduler(self.manager, engine_options.max_num_seqs, engine_options.max_num_batched_tokens)
+        self.scheduler = Scheduler(self.manager, **_batch_limits(manifest, engine_options))
         self.times = StepTimes()
         self.requests: dict[int, Request] = {}
         self._ids = itertools.count()
@@ -250,11 +250,37 @@ class Engine:
             raise ValueError(f"{name} has token ids outside the vocabulary [0, {vocab}): {bad[:5]}")
         if max_new_tokens < 1 or n < 1:
             raise ValueError(f"max_new_tokens and n must be >= 1, got {max_new_tokens} and {n}")
+        if self.manifest.max_context and len(prompt) + max_new_tokens > self.manifest.max_context:
+            raise ValueError(f"{name} needs {len(prompt) + max_new_tokens} tokens of context ({len(prompt)} prompt + "
+                             f"{max_new_tokens} new); the compiled buckets hold {self.manifest.max_context} "
+                             "(recompile with a larger --max-context)")
         needed = -(-(len(prompt) + max_new_tokens) // self.manifest.block_size)
         if needed > self.manager.num_units:
             raise ValueError(f"{name} needs {needed} blocks ({len(prompt)} prompt + {max_new_tokens} new tokens, "
                              f"{self.manifest.block_size} per block), the pool has {self.manager.num_units} usable "
                              "blocks; compile with a larger --kv-memory or --num-blocks")
+
+
+def paged_session(manifest: Manifest, directory: str | Path, options: SessionOptions = SessionOptions()):
+    """The session for the manifest's backend: the one place the two backends differ."""
+    if manifest.backend == "onnxruntime":
+        return OrtPagedSession(manifest, directory, options)
+    if manifest.backend == "migraphx":
+        return MxrPagedSession(manifest, directory)
+    raise ValueError(f"{directory}: backend {manifest.backend!r} is not one this pagedc runs "
+                     "(onnxruntime, migraphx); recompile with this pagedc")
+
+
+def _batch_limits(manifest: Manifest, options: EngineOptions) -> dict:
+    """Scheduler limits; static artifacts (MIGraphX buckets) cap batch and prefill chunk sizes to their shapes."""
+    limits = {"max_num_seqs": options.max_num_seqs, "max_num_batched_tokens": options.max_num_batched_tokens}
+    static = [a for a in manifest.artifacts if a.phase in ("prefill", "decode")]
+    if static:
+        shapes = {phase: [a.inputs["input_ids"] for a in static if a.phase == phase] for phase in ("prefill", "decode")}
+        limits["max_num_seqs"] = min(options.max_num_seqs, max(b for b, _ in shapes["decode"]))
+        limits["max_prefill_seqs"] = max(b for b, _ in shapes["prefill"])
+        limits["max_prefill_len"] = max(s for _, s in shapes["prefill"])
+    return limits
 
 
 def _with_seed(sampling: SamplingParams, seed: int) -> SamplingParams:

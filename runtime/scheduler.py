@@ -32,9 +32,13 @@ class ScheduledStep:
 
 
 class Scheduler:
-    def __init__(self, manager: PagedKVCacheManager, max_num_seqs: int, max_num_batched_tokens: int):
+    def __init__(self, manager: PagedKVCacheManager, max_num_seqs: int, max_num_batched_tokens: int,
+                 max_prefill_seqs: int | None = None, max_prefill_len: int | None = None):
+        """max_prefill_seqs / max_prefill_len: the largest prefill run the artifacts take (static buckets)."""
         self.manager = manager
         self.max_num_seqs, self.max_num_batched_tokens = max_num_seqs, max_num_batched_tokens
+        self.max_prefill_seqs = max_prefill_seqs or max_num_seqs
+        self.max_prefill_len = max_prefill_len or max_num_batched_tokens
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.num_preemptions = 0
@@ -51,15 +55,21 @@ class Scheduler:
         for request in list(self.running):
             if request.status is not Status.RUNNING:
                 continue                                    # preempted earlier in this loop
-            tokens = request.pending_tokens()[: max(1, budget)] if request.is_prefilling else request.pending_tokens()
-            if budget < len(tokens) or not self._reserve(request, tokens, step):
+            tokens = request.pending_tokens()[: self._chunk(budget, step)] if request.is_prefilling \
+                else request.pending_tokens()
+            if not tokens or budget < len(tokens) or not self._reserve(request, tokens, step):
                 continue
             budget -= len(tokens)
-        while self.waiting and len(self.running) < self.max_num_seqs and budget > 0:
-            if not self._admit(self.waiting[0], budget, step):
+        while self.waiting and len(self.running) < self.max_num_seqs and self._chunk(budget, step) > 0:
+            if not self._admit(self.waiting[0], self._chunk(budget, step), step):
                 break
             budget -= len(step.work[-1][1])
         return step
+
+    def _chunk(self, budget: int, step: ScheduledStep) -> int:
+        """Prefill tokens one more request may take this step (0 once the prefill run is full)."""
+        num_prefills = sum(1 for _, tokens in step.work if len(tokens) > 1)
+        return 0 if num_prefills >= self.max_prefill_seqs else min(budget, self.max_prefill_len)
 
     def finish(self, request: Request, status: Status = Status.FINISHED) -> None:
         """Drop a request from the queues and free its blocks."""
@@ -84,6 +94,7 @@ class Scheduler:
         return True
 
     def _admit(self, request: Request, budget: int, step: ScheduledStep) -> bool:
+        """Take the oldest waiting request with up to `budget` of its tokens, if the pool can hold them."""
         cached = self.manager.add(request.request_id, request.all_tokens, request.cache_key)
         # Keep at least the last token to compute: it yields the logits to sample from.
         request.num_computed = min(cached, len(request.all_tokens) - 1)

@@ -1,4 +1,4 @@
-"""Tier 3: real exports (genai, Optimum; Llama, Qwen2) lower to graphs MIGraphX's parser takes, and stay exact.
+"""Tier 3: real exports (genai, Optimum, dynamo; Llama, Qwen2) lower to graphs MIGraphX's parser takes, and stay exact.
 
 The lowered static paged buckets run under ONNX Runtime (tests/compiler/mxr_harness.py) against the dense
 export; the dense export itself lowers for --emit-standard. Skips when the exports cannot be built here.
