@@ -58,9 +58,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5, help="alternating dense/paged rounds; medians are printed")
     args = parser.parse_args()
-    config = DecoderConfig(num_layers=args.layers, hidden_size=args.hidden, num_heads=8, num_kv_heads=2,
-                           head_dim=args.hidden // 8, intermediate_size=args.hidden * 3, vocab_size=1000,
-                           max_position_embeddings=2048)
+    config = DecoderConfig.llama_like(args.layers, args.hidden, max_position_embeddings=2048)
     work = Path(tempfile.mkdtemp(prefix="pagedc-bench-"))
     dense_path = work / "dense.onnx"
     onnx.save(build_decoder(config, "decomposed"), str(dense_path))

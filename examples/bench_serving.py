@@ -90,9 +90,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--kv-memory-mib", type=int, default=64)
     args = parser.parse_args()
-    config = DecoderConfig(num_layers=args.layers, hidden_size=args.hidden, num_heads=8, num_kv_heads=2,
-                           head_dim=args.hidden // 8, intermediate_size=args.hidden * 3, vocab_size=1000,
-                           max_position_embeddings=1024)
+    config = DecoderConfig.llama_like(args.layers, args.hidden, max_position_embeddings=1024)
     work = Path(tempfile.mkdtemp(prefix="pagedc-bench-"))
     onnx.save(build_decoder(config, "decomposed"), str(work / "dense.onnx"))
     compile_model(work / "dense.onnx", work / "paged", CompileOptions(block_size=16, kv_memory=args.kv_memory_mib * 2**20),

@@ -181,6 +181,14 @@ class PagedBuilder:
             self._cache[key] = self.op("Where", self.visible(), zero, lowest)
         return self._cache[key]
 
+    def retire(self, node: ir.Node, output: ir.Value) -> None:
+        """Replace a fused attention op by `output`: its presents leave the graph outputs, the op goes."""
+        node.outputs[0].replace_all_uses_with(output)
+        for present in node.outputs[1:3]:
+            if present.is_graph_output():
+                self.graph.outputs.remove(present)
+        self.graph.remove(node, safe=True)
+
     # -- per layer -----------------------------------------------------------------
     def write_and_read(self, pools: list[ir.Value], new_key: ir.Value, new_value: ir.Value,
                        num_kv_heads: int, tokens_first: bool = False):

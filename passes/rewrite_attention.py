@@ -50,9 +50,5 @@ def rewrite_attention(site: AttentionSite, builder: PagedBuilder, pools: list[ir
     out = attend(b, q, key, value, h, hkv, dh, scale, _attr(node, "softcap", 0.0), pools[0].dtype)  # [B, H, S, Dh]
     if is_3d:
         out = b.op("Reshape", b.op("Transpose", out, perm=[0, 2, 1, 3]), b.const([0, 0, h * dh]))
-    node.outputs[0].replace_all_uses_with(out)
-    for present in node.outputs[1:3]:
-        if present.is_graph_output():
-            b.graph.outputs.remove(present)
-    b.graph.remove(node, safe=True)
+    b.retire(node, out)
     return outs

@@ -56,11 +56,7 @@ def rewrite_gqa(site: AttentionSite, builder: PagedBuilder, pools: list[ir.Value
     q = b.op("Transpose", q, perm=[0, 2, 1, 3])                                       # [B, H, S, Dh]
     out = attend(b, q, key, value, h, hkv, dh, scale, _attr(node, "softcap", 0.0), pools[0].dtype)
     out = b.op("Transpose", out, perm=[0, 2, 1, 3])                                   # [B, S, H, Dh]
-    node.outputs[0].replace_all_uses_with(b.op("Reshape", out, b.const([0, 0, h * dh])))
-    for present in node.outputs[1:3]:
-        if present.is_graph_output():
-            builder.graph.outputs.remove(present)
-    builder.graph.remove(node, safe=True)
+    b.retire(node, b.op("Reshape", out, b.const([0, 0, h * dh])))
     return outs
 
 

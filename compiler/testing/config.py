@@ -45,6 +45,14 @@ class DecoderConfig:
         if self.sliding_window is not None and self.sliding_window < 1:
             raise ValueError(f"sliding_window must be None or >= 1, got {self.sliding_window}")
 
+    @classmethod
+    def llama_like(cls, num_layers: int, hidden_size: int, max_position_embeddings: int = 2048,
+                   vocab_size: int = 1000) -> "DecoderConfig":
+        """A benchmark-sized shape: 8 query heads over 2 KV heads, head_dim = hidden/8, MLP 3x hidden."""
+        return cls(num_layers=num_layers, hidden_size=hidden_size, num_heads=8, num_kv_heads=2,
+                   head_dim=hidden_size // 8, intermediate_size=hidden_size * 3, vocab_size=vocab_size,
+                   max_position_embeddings=max_position_embeddings)
+
     @property
     def num_groups(self) -> int:
         """Query heads per KV head (1 = MHA, num_heads = MQA)."""
