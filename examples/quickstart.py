@@ -5,7 +5,9 @@
 1. builds a small Llama-style decoder with a dense KV cache (as HF exporters
    write it) into OUT/decoder.onnx;
 2. `pagedc inspect` lists its attention layers;
-3. `pagedc compile` rewrites them to paged attention into OUT/decoder.paged;
+3. `pagedc compile` rewrites them to paged attention into OUT/decoder.paged,
+   `pagedc generate` runs it and `pagedc verify` compares its logits with the
+   dense model's;
 4. the runtime generates greedy tokens for a ragged batch of prompts;
 5. the same prompts go through a dense-cache loop over the original model,
    and the tokens are compared.
@@ -71,6 +73,7 @@ def main() -> None:
     paged_dir = Path(pagedc("compile", str(source), "-o", str(args.out / "decoder.paged"), "--force",
                             "--block-size", "16", "--kv-memory", "8MiB").strip())
     pagedc("generate", str(paged_dir), "--prompt-ids", ",".join(map(str, PROMPTS[0])), "--max-new-tokens", "8")
+    pagedc("verify", str(paged_dir), str(source), "--batch", "3", "--decode-steps", "4")
 
     engine = Engine.from_manifest(paged_dir)
     tokens = engine.generate(PROMPTS, max_new_tokens=args.new_tokens)
