@@ -67,7 +67,7 @@ def group_attention(site: AttentionSite, builder: PagedBuilder, key: ir.Value, v
 
 
 def attend(b: PagedBuilder, q: ir.Value, key: ir.Value, value: ir.Value, h: int, hkv: int, dh: int,
-           scale: float, softcap: float, dtype: ir.DataType) -> ir.Value:
+           scale: float, softcap: float, dtype: ir.DataType, window: int | None = None) -> ir.Value:
     """softmax(q·Kᵀ·scale + paged mask)·V for q [B,H,S,Dh], key/value [B,Hkv,T,Dh]; returns [B,H,S,Dh].
 
     Used where pagedc replaces a fused attention op (GroupQueryAttention, ONNX
@@ -80,6 +80,6 @@ def attend(b: PagedBuilder, q: ir.Value, key: ir.Value, value: ir.Value, h: int,
     if softcap:
         capped = b.op("Tanh", b.op("Div", scores, b.const(softcap, dtype=np_dtype)))
         scores = b.op("Mul", capped, b.const(softcap, dtype=np_dtype))
-    probs = b.op("Softmax", b.op("Add", scores, b.additive_mask(dtype)), axis=-1)       # mask [B, 1, S, T]
+    probs = b.op("Softmax", b.op("Add", scores, b.additive_mask(dtype, window)), axis=-1)  # mask [B, 1, S, T]
     out = b.op("MatMul", b.op("Reshape", probs, b.heads_shape(hkv)), value)             # [B, Hkv, G·S, Dh]
     return b.op("Reshape", out, b.const([0, h, -1, dh]))                                # [B, H, S, Dh]

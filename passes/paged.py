@@ -117,9 +117,9 @@ def _pageable_sites(model: ir.Model) -> list[AttentionSite]:
 def _why_not_pageable(site: AttentionSite) -> str | None:
     if site.form not in _REWRITERS:
         return f"source form '{site.form}' is detected but not rewritten yet"
-    if site.mask != "causal":
-        return (f"mask is '{site.mask}'; the paged mask is causal over the whole context "
-                "(a sliding-window or custom mask would silently change results)")
+    if site.mask != "causal" and site.window is None:
+        return (f"mask is {site.mask!r}; the paged mask is causal (optionally windowed): "
+                "a custom or bias mask would silently change results")
     if not (site.num_kv_heads and site.head_dim):
         return "past_key needs static KV-head and head dims ([B, Hkv, P, Dh])"
     return _REWRITERS[site.form][0](site)

@@ -9,6 +9,7 @@ T = MB·bs (context a sequence can see), NB num_blocks.
     key_cache.{i} [NB,Hkv,bs,Dh] ─ScatterND(write indices, new_key [B,Hkv,S,Dh])─▶ key_cache_out.{i}
     key_cache_out.{i} ─GatherND(read indices)─▶ key [B,Hkv,T,Dh]
     position_ids, context_lens ─▶ mask [B,1,S,T]: key j visible iff j <= position and j < context_len
+                                  (and position - window < j in a sliding-window layer)
 
 Index tensors are built once per graph and shared by every layer, so a layer
 adds only its ScatterND and GatherND ops, and no transpose of the context.
@@ -160,25 +161,30 @@ class PagedBuilder:
             self._cache[key] = self.op("Gather", self.block_table, self.const(row), axis=1)
         return self._cache[key]
 
-    def visible(self) -> ir.Value:
-        """[B, 1, S, T] bool: key j is visible to the query at position p iff j <= p and j < context_len."""
-        if "visible" not in self._cache:
+    def visible(self, window: int | None = None) -> ir.Value:
+        """[B, 1, S, T] bool: key j is visible to the query at position p iff j <= p and j < context_len
+        (and p - window < j, for a sliding-window layer: `window` keys including its own)."""
+        key = ("visible", window)
+        if key not in self._cache:
             key_pos = self.op("Range", self.const(0), self.context_width(), self.const(1))        # [T]
             query_pos = self.op("Unsqueeze", self.position_ids, self.const([2]))                  # [B, S, 1]
             context = self.op("Cast", self.op("Reshape", self.context_lens, self.const([-1, 1, 1])), to=INT64)
-            causal = self.op("LessOrEqual", key_pos, query_pos)                                   # [B, S, T]
-            in_context = self.op("Less", key_pos, context)                                        # [B, 1, T]
-            self._cache["visible"] = self.op("Unsqueeze", self.op("And", causal, in_context), self.const([1]))
-        return self._cache["visible"]
+            visible = self.op("And", self.op("LessOrEqual", key_pos, query_pos),                # [B, S, T]
+                              self.op("Less", key_pos, context))                                 # [B, 1, T]
+            if window is not None:
+                in_window = self.op("Greater", key_pos, self.op("Sub", query_pos, self.const(window)))
+                visible = self.op("And", visible, in_window)
+            self._cache[key] = self.op("Unsqueeze", visible, self.const([1]))
+        return self._cache[key]
 
-    def additive_mask(self, dtype: ir.DataType) -> ir.Value:
+    def additive_mask(self, dtype: ir.DataType, window: int | None = None) -> ir.Value:
         """[B, 1, S, T] of 0 where visible, the dtype's most negative finite value elsewhere."""
-        key = ("additive", dtype)
+        key = ("additive", dtype, window)
         if key not in self._cache:
             np_dtype = dtype.numpy()
             zero = self.const(np.zeros((), np_dtype), dtype=np_dtype)
             lowest = self.const(np.array(np.finfo(np_dtype).min, np_dtype), dtype=np_dtype)
-            self._cache[key] = self.op("Where", self.visible(), zero, lowest)
+            self._cache[key] = self.op("Where", self.visible(window), zero, lowest)
         return self._cache[key]
 
     def retire(self, node: ir.Node, output: ir.Value) -> None:

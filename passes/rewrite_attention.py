@@ -47,7 +47,8 @@ def rewrite_attention(site: AttentionSite, builder: PagedBuilder, pools: list[ir
         k, v = (b.op("Reshape", x, b.const([0, 0, hkv, dh])) for x in (k, v))
     outs, key, value = b.write_and_read(pools, k, v, hkv, tokens_first=is_3d)
     scale = _attr(node, "scale", 0.0) or 1.0 / math.sqrt(dh)
-    out = attend(b, q, key, value, h, hkv, dh, scale, _attr(node, "softcap", 0.0), pools[0].dtype)  # [B, H, S, Dh]
+    out = attend(b, q, key, value, h, hkv, dh, scale, _attr(node, "softcap", 0.0), pools[0].dtype,
+                 site.window)                                                                 # [B, H, S, Dh]
     if is_3d:
         out = b.op("Reshape", b.op("Transpose", out, perm=[0, 2, 1, 3]), b.const([0, 0, h * dh]))
     b.retire(node, out)

@@ -57,11 +57,11 @@ def _replace_mask(node: ir.Node, site: AttentionSite, builder: PagedBuilder) -> 
     """Point the layer's mask operand at the paged mask (additive for Add, boolean for Where)."""
     mask_index = next(i for i, inp in enumerate(node.inputs) if inp is site.values["mask"])
     if node.op_type == "Where":
-        node.replace_input_with(mask_index, builder.visible())
+        node.replace_input_with(mask_index, builder.visible(site.window))
         return
     past = site.nodes["key_concat"].inputs[0]
     dtype = node.outputs[0].dtype or node.inputs[1 - mask_index].dtype or past.dtype
-    node.replace_input_with(mask_index, builder.additive_mask(dtype))
+    node.replace_input_with(mask_index, builder.additive_mask(dtype, site.window))
 
 
 def _repair_past_shapes(past: ir.Value, builder: PagedBuilder, num_kv_heads: int, head_dim: int) -> None:

@@ -54,7 +54,8 @@ def rewrite_gqa(site: AttentionSite, builder: PagedBuilder, pools: list[ir.Value
     outs, key, value = b.write_and_read(pools, k, v, hkv, tokens_first=True)
     scale = _attr(node, "scale", 0.0) or 1.0 / math.sqrt(dh)
     q = b.op("Transpose", q, perm=[0, 2, 1, 3])                                       # [B, H, S, Dh]
-    out = attend(b, q, key, value, h, hkv, dh, scale, _attr(node, "softcap", 0.0), pools[0].dtype)
+    out = attend(b, q, key, value, h, hkv, dh, scale, _attr(node, "softcap", 0.0), pools[0].dtype,
+                 site.window)
     out = b.op("Transpose", out, perm=[0, 2, 1, 3])                                   # [B, S, H, Dh]
     b.retire(node, b.op("Reshape", out, b.const([0, 0, h * dh])))
     return outs

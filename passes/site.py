@@ -14,7 +14,7 @@ class AttentionSite:
     """One attention layer with a dense KV cache.
 
     `mask` is "causal", "sliding window N" or "other: <why>"; the paged pass
-    rewrites only causal sites. `rotary` says where rotary embedding happens
+    rewrites causal and sliding-window sites. `rotary` says where rotary embedding happens
     ("none" when the model has none or uses learned positions).
     """
 
@@ -34,6 +34,12 @@ class AttentionSite:
     nodes: dict[str, ir.Node] = field(default_factory=dict, repr=False, compare=False)
     # Values the pass rewires, by role ("mask": the mask operand of nodes["mask_add"]).
     values: dict[str, ir.Value] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def window(self) -> int | None:
+        """N of a "sliding window N" mask (N keys including the query's own), else None."""
+        prefix = "sliding window "
+        return int(self.mask[len(prefix):]) if self.mask.startswith(prefix) else None
 
     def to_dict(self) -> dict:
         return {

@@ -58,6 +58,22 @@ def dense_model(tmp_path_factory):
     return build
 
 
+@pytest.fixture(scope="session")
+def bias_mask_model(tmp_path_factory, dense_model):
+    """The GroupQueryAttention reference decoder with an `attention_bias` graph input on every layer:
+    a mask pagedc cannot page (it would be silently replaced)."""
+    model = onnx.load(str(dense_model("gqa")))
+    bias = onnx.helper.make_tensor_value_info("attention_bias", onnx.TensorProto.FLOAT,
+                                              ["batch_size", 1, "sequence_length", "total_sequence_length"])
+    model.graph.input.append(bias)
+    for node in model.graph.node:
+        if node.op_type == "GroupQueryAttention":
+            node.input[10] = "attention_bias"
+    path = tmp_path_factory.mktemp("bias") / "bias.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
 def paged_copy(dense: Path, out_dir: Path, **options) -> tuple[Path, object]:
     """Rewrite `dense` to paged and save it under out_dir; returns (path, report)."""
     model, report = rewrite_to_paged(load_model(dense), **options)

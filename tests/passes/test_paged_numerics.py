@@ -90,3 +90,28 @@ def test_shared_prefix_blocks_match_dense(dense_model, tmp_path, form, layout):
     logits_b = paged.step([seq_b[8:]], [SequenceStep(positions=[8, 9, 10], **shared)])
     _assert_close(logits_a[0, :10], expected_a, "sequence A")
     _assert_close(logits_b[0, :3], expected_b[8:], "sequence B suffix over shared blocks")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("form", FORMS)
+def test_sliding_window_layers_match_dense(dense_model, tmp_path, form, layout):
+    """Window 3 with block_size 4: the window crosses block boundaries in prefill, chunks and decode."""
+    dense_path = dense_model(form, sliding_window=3)
+    paged_path, report = paged_copy(dense_path, tmp_path, block_size=BLOCK_SIZE, layout=layout)
+    assert report.num_layers == 2
+    prompt_lens, decode_steps = (7, 2, 5), 6
+    sequences = [_tokens(n + decode_steps, seed=20 + i) for i, n in enumerate(prompt_lens)]
+    dense = DenseRunner(dense_path)
+    expected = [dense.run(seq, [n] + [1] * decode_steps) for seq, n in zip(sequences, prompt_lens)]
+    paged = PagedRunner(paged_path, NUM_BLOCKS, BLOCK_SIZE, layout)
+    free = shuffled_blocks(NUM_BLOCKS, seed=9)
+    blocks = [_allocate(free, n + decode_steps, layout) for n in prompt_lens]
+    logits = paged.step([s[:n] for s, n in zip(sequences, prompt_lens)],
+                        [SequenceStep(positions=list(range(n)), **b) for n, b in zip(prompt_lens, blocks)])
+    for b, n in enumerate(prompt_lens):
+        _assert_close(logits[b, :n], expected[b][0], f"prefill, sequence {b}")
+    for t in range(decode_steps):
+        logits = paged.step([[s[n + t]] for s, n in zip(sequences, prompt_lens)],
+                            [SequenceStep(positions=[n + t], **b) for n, b in zip(prompt_lens, blocks)])
+        for b in range(len(prompt_lens)):
+            _assert_close(logits[b, :1], expected[b][1 + t], f"decode step {t}, sequence {b}")

@@ -60,12 +60,13 @@ def test_pool_goes_straight_through_one_scatter_and_reads_follow_it(dense_model,
             assert readers == {"GatherND"}, readers
 
 
-def test_sliding_window_is_refused_naming_each_layer(dense_model):
+def test_a_bias_mask_is_refused_naming_each_layer(bias_mask_model):
     with pytest.raises(PagedRewriteError) as err:
-        rewrite_to_paged(load_model(dense_model("gqa", sliding_window=3)))
+        rewrite_to_paged(load_model(bias_mask_model))
     assert err.value.problems == [
-        f"layer {i} (gqa, past_key_values.{i}.key): mask is 'sliding window 3'; the paged mask is causal over the "
-        "whole context (a sliding-window or custom mask would silently change results)" for i in range(2)
+        f"layer {i} (gqa, past_key_values.{i}.key): mask is \"other: attention_bias input 'attention_bias'\"; the "
+        "paged mask is causal (optionally windowed): a custom or bias mask would silently change results"
+        for i in range(2)
     ]
 
 
