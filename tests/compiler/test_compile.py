@@ -70,7 +70,7 @@ def test_failed_compile_leaves_nothing_behind(tmp_path, bias_mask_model):
     out = tmp_path / "out"
     result = _run("compile", bias_mask_model, "-o", out, "--target", "onnx")
     assert result.exit_code == 1
-    assert "layer 0 (gqa, past_key_values.0.key): mask is "other: attention_bias input" in result.stderr
+    assert "layer 0 (gqa, past_key_values.0.key): mask is \"other: attention_bias input" in result.stderr
     assert list(tmp_path.iterdir()) == []
 
 
