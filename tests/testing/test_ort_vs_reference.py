@@ -4,6 +4,7 @@ from dataclasses import replace
 from functools import partial
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from pagedc.testing import (
@@ -32,6 +33,9 @@ VARIANTS = {
 }
 
 
+ORT_VERSION = tuple(int(x) for x in ort.__version__.split(".")[:2])
+
+
 def run_both(config: DecoderConfig, form: str, *, optimize: bool, lengths=LENGTHS, seed: int = 0):
     """Drive ORT and the reference through the same prefill + decode inputs."""
     weights = make_weights(config)
@@ -51,9 +55,11 @@ def run_both(config: DecoderConfig, form: str, *, optimize: bool, lengths=LENGTH
 def test_fp32_matches_reference(form, variant, optimize, tolerance):
     config = VARIANTS[variant]
     ort_steps, ref_steps = run_both(config, form, optimize=optimize)
-    # padding rows included: their values are defined by the graph (see pagedc.testing.reference);
-    # except for form C, whose Attention op (ORT) does not give fully masked pad rows HF's uniform softmax
-    logits_diff, present_diff = steps_max_diff(ort_steps, ref_steps, form, real_only=form == "attention")
+    # Padding rows are compared where the reference defines them (see pagedc.testing.reference): form A's
+    # graph; GroupQueryAttention's kernel as measured on ORT 1.32 (ORT 1.24 differs there, real rows agree);
+    # not form C, whose Attention op does not give fully masked pad rows HF's uniform softmax.
+    pad_rows_defined = form == "decomposed" or (form == "gqa" and ORT_VERSION >= (1, 32))
+    logits_diff, present_diff = steps_max_diff(ort_steps, ref_steps, form, real_only=not pad_rows_defined)
     atol = tolerance["float32"]["atol"]
     assert logits_diff <= atol, f"logits differ by {logits_diff:.3g}"
     assert present_diff <= atol, f"present differs by {present_diff:.3g}"
