@@ -75,8 +75,9 @@ def num_heads_from_query(query: ir.Value, head_dim: int | None, num_kv_heads: in
     if not projections:
         return None
     width = projection_width(projections[0])
-    # Phi-3 style: one qkv_proj, then Split/Slice (after an optional bias Add) takes Q out.
-    is_fused_qkv = bool(gw.walk_down(projections[0].outputs[0], {"Split", "Slice"}, {"Add"}, max_depth=1))
+    # Phi-3 / GPT-2 style: one qkv projection, then Split/Slice (after an optional bias Add and a
+    # Reshape to [B, S, ·], as Optimum's GPT-2 Gemm does) takes Q out.
+    is_fused_qkv = bool(gw.walk_down(projections[0].outputs[0], {"Split", "Slice"}, {"Add", "Reshape"}, max_depth=2))
     if is_fused_qkv and num_kv_heads:
         return width // head_dim - 2 * num_kv_heads
     return width // head_dim

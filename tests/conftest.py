@@ -12,9 +12,9 @@ import pytest
 from pagedc.model_file import load_model
 from pagedc.passes.paged import rewrite_to_paged
 from pagedc.testing import DecoderConfig, build_decoder
-from tests.exporters.fixtures import ExporterUnavailable, exported_model
+from tests.exporters.fixtures import CASES, ExporterUnavailable, exported_model
 
-EXPORTS = [(arch, exporter) for arch in ("llama", "qwen2") for exporter in ("genai", "optimum", "dynamo")]
+EXPORTS = list(CASES)   # every (arch, exporter) pair the fixtures build
 
 # The suite's one tolerance table.
 #

@@ -18,6 +18,12 @@ Padding side follows what the graph can express:
   meaningful (the valid tokens of a row are its first ones, in the cache too);
 - position_ids input (optimum, dynamo): left padding with
   position_ids = cumsum(attention_mask) - 1, as HF generate() does.
+Inputs are fed by name, so their order does not matter (optimum's gpt2 graph
+lists past_key_values.* before attention_mask and position_ids).
+
+Arch differences handled here: gpt2 has no num_key_value_heads/head_dim in its
+config (MHA: KV heads = heads, head_dim = hidden / heads, see kv_dims) and no
+rotary embedding (rope_theta recorded as null).
 """
 
 import argparse
@@ -83,6 +89,14 @@ def io_summary(model_path: pathlib.Path) -> dict:
     }
 
 
+def kv_dims(config) -> tuple:
+    """(KV heads, head_dim) of a config; gpt2 (MHA) and phi3 have no head_dim field, gpt2 no KV heads."""
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return kv_heads, head_dim
+
+
 def kv_names(session):
     """(past input, present output) name pairs, matched by their shared suffix."""
     outs = {o.name for o in session.get_outputs()}
@@ -103,7 +117,7 @@ class OnnxDecoder:
         self.input_names = {i.name for i in self.session.get_inputs()}
         self.padding = "left" if "position_ids" in self.input_names else "right"
         self.kv = kv_names(self.session)
-        self.kv_heads, self.head_dim = config.num_key_value_heads, config.head_dim
+        self.kv_heads, self.head_dim = kv_dims(config)
 
     def run(self, ids, mask, positions, past):
         """One session run; returns logits and the present.* arrays by past name."""
@@ -177,10 +191,14 @@ def compare(hf_dir: pathlib.Path, onnx_path: pathlib.Path) -> dict:
     }
 
 
-def measured_rope_theta(model) -> float:
-    """Theta as the torch model really uses it: inv_freq[1] = theta ** (-2 / head_dim)."""
-    inv_freq = model.model.rotary_emb.inv_freq.double()
-    return float(round(float(inv_freq[1] ** (-model.config.head_dim / 2))))
+def measured_rope_theta(model) -> float | None:
+    """Theta as the torch model really uses it: inv_freq[1] = theta ** (-2 / rotary_dim); None without rotary (gpt2)."""
+    rotary = getattr(model.base_model, "rotary_emb", None)
+    if rotary is None:
+        return None
+    inv_freq = rotary.inv_freq.double()
+    rotary_dim = 2 * len(inv_freq)  # head_dim * partial_rotary_factor
+    return float(round(float(inv_freq[1] ** (-rotary_dim / 2))))
 
 
 def versions() -> dict:

@@ -10,6 +10,8 @@ logits and present.{i}.key|value [B, Hkv, P + S, Dh].  batch, sequence_length
 and past_sequence_length are dynamic (P = 0, an empty cache, included; the
 example inputs have P = 5).  The mask's width is Dim.AUTO (torch.export names
 it s<N>; renamed "past_sequence_length + sequence_length" afterwards).
+Works for llama, qwen2, phi3 and gpt2 (MHA: Hkv = heads; its config has no
+num_key_value_heads/head_dim, see kv_dims; position_ids index its learned wpe).
 """
 
 import argparse
@@ -51,10 +53,18 @@ class DecoderWithPast(torch.nn.Module):
         return (out.logits, *present)
 
 
+def kv_dims(config) -> tuple:
+    """(KV heads, head_dim); gpt2 (MHA) and phi3 have no head_dim field, gpt2 no num_key_value_heads."""
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    return kv_heads, getattr(config, "head_dim", None) or config.hidden_size // heads
+
+
 def example_inputs(config):
     """Inputs of the traced call: (input_ids, attention_mask, position_ids, *past)."""
     b, s, p = EXAMPLE_BATCH, EXAMPLE_SEQ, EXAMPLE_PAST
-    kv_shape = (b, config.num_key_value_heads, p, config.head_dim)
+    kv_heads, head_dim = kv_dims(config)
+    kv_shape = (b, kv_heads, p, head_dim)
     past = []
     for _ in range(config.num_hidden_layers):
         past += [torch.randn(kv_shape), torch.randn(kv_shape)]

@@ -2,11 +2,22 @@
 
 Run inside an exporter venv (needs torch, transformers, tokenizers):
 
-    python make_hf_model.py --arch llama|qwen2 --out DIR
+    python make_hf_model.py --arch llama|qwen2|gpt2|phi3 --out DIR
 
-The saved directory is the single source both exporters read, so the genai and
-optimum fixtures of one architecture share the same weights.  Works offline:
-the tokenizer is trained here on a generated corpus, nothing is downloaded.
+The saved directory is the single source all exporters read, so the fixtures
+of one architecture share the same weights.  Works offline: the tokenizer is
+trained here on a generated corpus, nothing is downloaded.
+
+The archs (all 128 wide, 2 layers, 4 heads of 32, vocab 1000, 256 positions):
+- llama, qwen2: separate q/k/v/o projections, rotary (theta 5e4), GQA with
+  2 KV heads, RMSNorm, SwiGLU; qwen2 adds q/k/v biases;
+- gpt2: learned absolute position embeddings (wpe), no rotary, one fused
+  c_attn Conv1D producing [q | k | v] with a bias, MHA (4 KV heads), LayerNorm
+  with biases, tanh-approximated GELU ("gelu_new") MLP of Conv1Ds;
+- phi3: fused qkv_proj (no bias) producing [q | k | v] with GQA (4 query,
+  2 KV heads), fused gate_up_proj, rotary (theta 5e4), RMSNorm;
+  original_max_position_embeddings == max_position_embeddings, so no LongRoPE
+  (and onnxruntime-genai's builder picks its plain Phi3MiniModel).
 """
 
 import argparse
@@ -46,6 +57,10 @@ DIMS = dict(
 )
 
 
+ARCHS = ("llama", "qwen2", "gpt2", "phi3")
+ROPE_ARCHS = ("llama", "qwen2", "phi3")
+
+
 def make_config(arch: str):
     """The config of one architecture, with rope theta set the transformers-5 way."""
     rope = {"rope_type": "default", "rope_theta": ROPE_THETA}
@@ -53,6 +68,31 @@ def make_config(arch: str):
         return transformers.LlamaConfig(**DIMS, rope_parameters=rope)
     if arch == "qwen2":
         return transformers.Qwen2Config(**DIMS, rope_parameters=rope, use_sliding_window=False)
+    if arch == "phi3":
+        # Phi3Config has no head_dim field: head_dim = hidden_size / num_attention_heads = 32.
+        dims = {k: v for k, v in DIMS.items() if k != "head_dim"}
+        assert dims["hidden_size"] // dims["num_attention_heads"] == DIMS["head_dim"]
+        return transformers.Phi3Config(
+            **dims,
+            original_max_position_embeddings=DIMS["max_position_embeddings"],  # no LongRoPE
+            rope_parameters={**rope, "partial_rotary_factor": 1.0},
+            sliding_window=None,
+        )
+    if arch == "gpt2":
+        # GPT-2's own field names; MHA: head_dim = n_embd / n_head = 32, no separate KV heads.
+        assert DIMS["hidden_size"] // DIMS["num_attention_heads"] == DIMS["head_dim"]
+        return transformers.GPT2Config(
+            vocab_size=VOCAB,
+            n_embd=DIMS["hidden_size"],
+            n_layer=DIMS["num_hidden_layers"],
+            n_head=DIMS["num_attention_heads"],
+            n_inner=DIMS["intermediate_size"],
+            n_positions=DIMS["max_position_embeddings"],
+            activation_function="gelu_new",
+            layer_norm_epsilon=1e-5,
+            **{k: DIMS[k] for k in ("initializer_range", "tie_word_embeddings")},
+            **{k: DIMS[k] for k in ("pad_token_id", "bos_token_id", "eos_token_id")},
+        )
     raise ValueError(f"unknown arch {arch!r}")
 
 
@@ -61,7 +101,7 @@ def perturb_defaults(model) -> None:
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith("bias") or "norm" in name:
+            if name.endswith("bias") or "norm" in name or ".ln_" in name:  # gpt2: ln_1, ln_2, ln_f
                 p.add_(torch.randn(p.shape, generator=gen) * 0.1)
 
 
@@ -109,14 +149,15 @@ def make_tokenizer(out: pathlib.Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--arch", required=True, choices=["llama", "qwen2"])
+    ap.add_argument("--arch", required=True, choices=ARCHS)
     ap.add_argument("--out", required=True, type=pathlib.Path)
     args = ap.parse_args()
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(make_config(args.arch))
     perturb_defaults(model)
     model.save_pretrained(args.out)
-    add_legacy_rope_theta(args.out)
+    if args.arch in ROPE_ARCHS:
+        add_legacy_rope_theta(args.out)
     make_tokenizer(args.out)
     n = sum(p.numel() for p in model.parameters())
     print(f"saved {args.arch} ({n} params, transformers {transformers.__version__}) to {args.out}")

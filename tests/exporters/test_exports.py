@@ -1,9 +1,10 @@
 """The cached real-exporter models are there, checked, and run in the main venv.
 
-These run on the exports fixtures.py builds (first run: ~2.5 minutes for all
-six; later runs read the cache).  They pin down what pagedc's passes can
-count on: the I/O of each exporter's graph, and that each graph matches the
-torch model it came from.
+These run on the exports fixtures.py builds (first run: a few minutes for all
+of CASES; later runs read the cache).  They pin down what pagedc's passes can
+count on: the I/O of each exporter's graph, that each graph matches the torch
+model it came from, and the arch-specific structure (fused QKV projections,
+learned positions) of gpt2 and phi3.
 """
 
 import numpy as np
@@ -11,11 +12,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from .fixtures import ARCHS, EXPORTERS, export_check
+from .fixtures import ARCH_EXPORTERS, ARCHS, CASES, export_check
 
-# The tiny model make_hf_model.py builds.
-VOCAB, LAYERS, KV_HEADS, HEAD_DIM = 1000, 2, 2, 32
-CASES = [(a, e) for a in ARCHS for e in EXPORTERS]
+# The tiny models make_hf_model.py builds.
+VOCAB, LAYERS, HIDDEN, HEADS, HEAD_DIM, MAX_POSITIONS = 1000, 2, 128, 4, 32, 256
+KV_HEADS = {"llama": 2, "qwen2": 2, "phi3": 2, "gpt2": 4}  # gpt2 is MHA
+ROPE_THETA = {"llama": 5e4, "qwen2": 5e4, "phi3": 5e4, "gpt2": None}  # gpt2: learned positions, no rotary
+GENAI_ARCHS = [a for a in ARCHS if "genai" in ARCH_EXPORTERS[a]]
 
 
 def run_step(session, ids, past, past_len):
@@ -34,12 +37,12 @@ def run_step(session, ids, past, past_len):
     return outs["logits"], {k: v for k, v in outs.items() if k.startswith("present.")}
 
 
-def prefill_and_decode(path, ids, next_ids):
+def prefill_and_decode(path, arch, ids, next_ids):
     """Prefill ids [B, S], then one decode step with next_ids [B, 1]; returns both results."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     b = ids.shape[0]
     past = {
-        i.name: np.zeros((b, KV_HEADS, 0, HEAD_DIM), np.float32)
+        i.name: np.zeros((b, KV_HEADS[arch], 0, HEAD_DIM), np.float32)
         for i in session.get_inputs()
         if i.name.startswith("past_key_values.")
     }
@@ -56,40 +59,42 @@ def test_export_checked_against_torch(exported_model_factory, arch, exporter):
     assert check["ok"] and check["max_abs_diff"] < 1e-4, check
     assert check["decode_steps"] >= 3 and len(check["decode_max_abs_diff"]) >= 3
     assert check["batch"] == 2 and len(set(check["prompt_lens"])) == 2  # padded prefill
-    assert check["rope_theta"] == 5e4  # the exporter's transformers read the non-default theta
+    # The exporter's transformers read the non-default theta (gpt2: no rotary at all).
+    assert check["rope_theta"] == ROPE_THETA[arch]
 
 
 @pytest.mark.parametrize("arch,exporter", CASES)
 def test_export_runs_in_main_venv(exported_model_factory, arch, exporter):
     path = exported_model_factory(arch, exporter)
     ids = np.array([[5, 17, 42]], np.int64)
-    (logits, present), (logits2, present2) = prefill_and_decode(path, ids, np.array([[7]], np.int64))
+    (logits, present), (logits2, present2) = prefill_and_decode(path, arch, ids, np.array([[7]], np.int64))
     assert logits.shape == (1, 3, VOCAB) and logits2.shape == (1, 1, VOCAB)
     assert np.isfinite(logits).all() and np.isfinite(logits2).all()
     assert len(present) == 2 * LAYERS
     for name in present:
-        assert present[name].shape == (1, KV_HEADS, 3, HEAD_DIM), name
-        assert present2[name].shape == (1, KV_HEADS, 4, HEAD_DIM), name
+        assert present[name].shape == (1, KV_HEADS[arch], 3, HEAD_DIM), name
+        assert present2[name].shape == (1, KV_HEADS[arch], 4, HEAD_DIM), name
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_exporters_agree(exported_model_factory, arch):
     """All exports of one arch come from the same HF weights, so their logits agree."""
-    paths = [exported_model_factory(arch, e) for e in EXPORTERS]
+    exporters = ARCH_EXPORTERS[arch]
+    paths = [exported_model_factory(arch, e) for e in exporters]
     ids = np.array([[5, 17, 42, 300], [9, 8, 7, 6]], np.int64)
     nxt = np.array([[11], [12]], np.int64)
-    (a1, _), (a2, _) = prefill_and_decode(paths[0], ids, nxt)
-    for exporter, path in zip(EXPORTERS[1:], paths[1:], strict=True):
-        (b1, _), (b2, _) = prefill_and_decode(path, ids, nxt)
-        np.testing.assert_allclose(a1, b1, atol=1e-4, rtol=0, err_msg=f"{EXPORTERS[0]} vs {exporter} prefill")
-        np.testing.assert_allclose(a2, b2, atol=1e-4, rtol=0, err_msg=f"{EXPORTERS[0]} vs {exporter} decode")
+    (a1, _), (a2, _) = prefill_and_decode(paths[0], arch, ids, nxt)
+    for exporter, path in zip(exporters[1:], paths[1:], strict=True):
+        (b1, _), (b2, _) = prefill_and_decode(path, arch, ids, nxt)
+        np.testing.assert_allclose(a1, b1, atol=1e-4, rtol=0, err_msg=f"{exporters[0]} vs {exporter} prefill")
+        np.testing.assert_allclose(a2, b2, atol=1e-4, rtol=0, err_msg=f"{exporters[0]} vs {exporter} decode")
 
 
 def consumers(graph, name):
     return [n for n in graph.node if name in n.input]
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", GENAI_ARCHS)
 def test_genai_uses_group_query_attention(exported_model_factory, arch):
     graph = onnx.load(str(exported_model_factory(arch, "genai")), load_external_data=False).graph
     names = {i.name for i in graph.input}
@@ -134,7 +139,7 @@ def test_dynamo_io_and_concats_past(exported_model_factory, arch):
     assert inputs["input_ids"] == inputs["position_ids"] == ["batch", "sequence_length"]
     assert inputs["attention_mask"] == ["batch", "past_sequence_length + sequence_length"]
     for n in kv:
-        assert inputs[f"past_key_values.{n}"] == ["batch", KV_HEADS, "past_sequence_length", HEAD_DIM]
+        assert inputs[f"past_key_values.{n}"] == ["batch", KV_HEADS[arch], "past_sequence_length", HEAD_DIM]
     # Attention is decomposed (no SDPA-like op): one Softmax per layer.
     assert sum(n.op_type == "Softmax" for n in graph.node) == LAYERS
     for i in graph.input:
@@ -146,3 +151,66 @@ def test_dynamo_io_and_concats_past(exported_model_factory, arch):
             assert onnx.helper.get_attribute_value(concats[0].attribute[0]) == -2
             assert concats[0].output[0] == "present." + i.name[len("past_key_values.") :]
             assert {n.op_type for n in uses} <= {"Concat", "Shape"}, i.name
+
+
+def initializer_shapes(graph):
+    return {i.name: list(i.dims) for i in graph.initializer}
+
+
+def through_reshapes(graph, name):
+    """The consumers of `name`, looking through Reshape nodes (gpt2's Gemm works on [B*S, hidden])."""
+    found = []
+    for node in consumers(graph, name):
+        found += through_reshapes(graph, node.output[0]) if node.op_type == "Reshape" else [node]
+    return found
+
+
+def attribute(node, name):
+    return next(onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == name)
+
+
+FUSED_QKV_CASES = [(a, e) for a, e in CASES if a in ("gpt2", "phi3")]
+
+
+@pytest.mark.parametrize("arch,exporter", FUSED_QKV_CASES)
+def test_fused_qkv_projection(exported_model_factory, arch, exporter):
+    """gpt2 and phi3 project Q, K and V with ONE weight per layer, [hidden, (H + 2 Hkv) Dh], laid out
+    [q | k | v]; each exporter splits its output differently (or not at all)."""
+    graph = onnx.load(str(exported_model_factory(arch, exporter)), load_external_data=False).graph
+    shapes = initializer_shapes(graph)
+    width = (HEADS + 2 * KV_HEADS[arch]) * HEAD_DIM  # gpt2: 384, phi3: 256
+    projections = [
+        n for n in graph.node if n.op_type in ("MatMul", "Gemm") and shapes.get(n.input[1]) == [HIDDEN, width]
+    ]
+    split = []  # the projections whose output is split into q, k, v (phi3's [128, 256] also matches genai's gate/up)
+    for node in projections:
+        uses = through_reshapes(graph, node.output[0])
+        kinds = sorted(n.op_type for n in uses)
+        if kinds == ["GroupQueryAttention"]:  # genai: packed QKV straight into GQA, key/value inputs empty
+            assert uses[0].input[0] == node.output[0] and uses[0].input[1:3] == ["", ""]
+        elif kinds == ["Split"]:  # gpt2: Reshape [B, S, 3 * hidden] -> Split(axis=2) into 3 equal parts
+            assert len(uses[0].output) == 3 and attribute(uses[0], "axis") == 2
+        elif kinds == ["Slice"] * 3:  # phi3 (optimum, dynamo): three Slices of the last axis
+            pass
+        else:
+            continue
+        split.append(node)
+    assert len(split) == LAYERS, [(n.op_type, n.input[1]) for n in projections]
+    if arch == "gpt2":  # Conv1D with bias: Gemm(x [B*S, hidden], W [hidden, 3 hidden], b [3 hidden])
+        for node in split:
+            assert node.op_type == "Gemm" and shapes[node.input[2]] == [width]
+    else:  # phi3's qkv_proj has no bias
+        assert all(node.op_type == "MatMul" for node in split)
+
+
+@pytest.mark.parametrize("exporter", ARCH_EXPORTERS["gpt2"])
+def test_gpt2_learned_positions(exported_model_factory, exporter):
+    """gpt2 has no rotary: positions enter once, as Gather(wpe [max_positions, hidden], position_ids)."""
+    graph = onnx.load(str(exported_model_factory("gpt2", exporter))).graph
+    shapes = initializer_shapes(graph)
+    ops = {n.op_type for n in graph.node}
+    assert not ops & {"Sin", "Cos"}, ops
+    assert not [n for n in graph.node if n.domain not in ("", "ai.onnx")]  # plain ONNX
+    wpe = [n for n in graph.node if n.op_type == "Gather" and shapes.get(n.input[0]) == [MAX_POSITIONS, HIDDEN]]
+    assert len(wpe) == 1 and wpe[0].input[1] == "position_ids"
+    assert sum(n.op_type == "LayerNormalization" for n in graph.node) == 2 * LAYERS + 1  # ln_1, ln_2, ln_f

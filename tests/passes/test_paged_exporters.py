@@ -12,17 +12,20 @@ from tests.conftest import EXPORTS, PAGED_ATOL, paged_copy
 from tests.paged_harness import DenseRunner, PagedRunner, blocks_for, shuffled_blocks
 
 BLOCK_SIZE, NUM_BLOCKS, VOCAB = 4, 48, 1000
+# (heads, KV heads, head dim, has rotary) of the tiny models tests/exporters/make_hf_model.py builds
+SHAPES = {"llama": (4, 2, 32, True), "qwen2": (4, 2, 32, True), "phi3": (4, 2, 32, True), "gpt2": (4, 4, 32, False)}
 
 
 @pytest.mark.parametrize("arch,exporter", EXPORTS)
 def test_every_layer_of_every_export_is_found(exported_model_factory, arch, exporter):
     detection = find_attention_sites(load_model(exported_model_factory(arch, exporter)))
     assert detection.misses == []
+    heads, kv_heads, head_dim, has_rotary = SHAPES[arch]
     assert [(s.layer, s.num_heads, s.num_kv_heads, s.head_dim, s.mask) for s in detection.sites] == [
-        (i, 4, 2, 32, "causal") for i in range(2)]
+        (i, heads, kv_heads, head_dim, "causal") for i in range(2)]
     expected_form = "gqa" if exporter == "genai" else "decomposed"
     assert {s.form for s in detection.sites} == {expected_form}
-    assert all(s.rotary != "none" for s in detection.sites)
+    assert all((s.rotary != "none") == has_rotary for s in detection.sites)
 
 
 @pytest.mark.parametrize("layout", ["separate", "combined"])
