@@ -32,19 +32,13 @@ def _assert_close(paged: np.ndarray, dense: np.ndarray, what: str) -> None:
     assert diff <= PAGED_ATOL, f"{what}: max abs diff {diff:.3g} > {PAGED_ATOL}"
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("form", FORMS)
-@pytest.mark.parametrize("prompt_lens", [(6,), (5, 3, 7)], ids=["batch1", "ragged3"])
-def test_prefill_then_decode_matches_dense(dense_model, tmp_path, form, layout, prompt_lens):
-    dense_path = dense_model(form)
-    paged_path, _ = paged_copy(dense_path, tmp_path, block_size=BLOCK_SIZE, layout=layout)
-    decode_steps = 8
-    sequences = [_tokens(n + decode_steps, seed=i) for i, n in enumerate(prompt_lens)]
+def _check_ragged_prefill_then_decode(dense_path, paged_path, layout, prompt_lens, decode_steps, seed):
+    """A padded ragged prefill then batched decode steps on shuffled blocks, each row vs the sequence alone."""
+    sequences = [_tokens(n + decode_steps, seed=seed + i) for i, n in enumerate(prompt_lens)]
     dense = DenseRunner(dense_path)
     expected = [dense.run(seq, [n] + [1] * decode_steps) for seq, n in zip(sequences, prompt_lens)]
-
     paged = PagedRunner(paged_path, NUM_BLOCKS, BLOCK_SIZE, layout)
-    free = shuffled_blocks(NUM_BLOCKS, seed=7)
+    free = shuffled_blocks(NUM_BLOCKS, seed=seed + 7)
     blocks = [_allocate(free, n + decode_steps, layout) for n in prompt_lens]
     steps = [SequenceStep(positions=list(range(n)), **blk) for n, blk in zip(prompt_lens, blocks)]
     logits = paged.step([seq[:n] for seq, n in zip(sequences, prompt_lens)], steps)
@@ -55,6 +49,15 @@ def test_prefill_then_decode_matches_dense(dense_model, tmp_path, form, layout, 
         logits = paged.step([[seq[n + t]] for seq, n in zip(sequences, prompt_lens)], steps)
         for b in range(len(prompt_lens)):
             _assert_close(logits[b, :1], expected[b][1 + t], f"decode step {t}, sequence {b}")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("prompt_lens", [(6,), (5, 3, 7)], ids=["batch1", "ragged3"])
+def test_prefill_then_decode_matches_dense(dense_model, tmp_path, form, layout, prompt_lens):
+    dense_path = dense_model(form)
+    paged_path, _ = paged_copy(dense_path, tmp_path, block_size=BLOCK_SIZE, layout=layout)
+    _check_ragged_prefill_then_decode(dense_path, paged_path, layout, prompt_lens, decode_steps=8, seed=0)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -95,23 +98,7 @@ def test_shared_prefix_blocks_match_dense(dense_model, tmp_path, form, layout):
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("form", FORMS)
 def test_sliding_window_layers_match_dense(dense_model, tmp_path, form, layout):
-    """Window 3 with block_size 4: the window crosses block boundaries in prefill, chunks and decode."""
+    """Window 3 with block_size 4: the window crosses block boundaries in prefill and decode."""
     dense_path = dense_model(form, sliding_window=3)
-    paged_path, report = paged_copy(dense_path, tmp_path, block_size=BLOCK_SIZE, layout=layout)
-    assert report.num_layers == 2
-    prompt_lens, decode_steps = (7, 2, 5), 6
-    sequences = [_tokens(n + decode_steps, seed=20 + i) for i, n in enumerate(prompt_lens)]
-    dense = DenseRunner(dense_path)
-    expected = [dense.run(seq, [n] + [1] * decode_steps) for seq, n in zip(sequences, prompt_lens)]
-    paged = PagedRunner(paged_path, NUM_BLOCKS, BLOCK_SIZE, layout)
-    free = shuffled_blocks(NUM_BLOCKS, seed=9)
-    blocks = [_allocate(free, n + decode_steps, layout) for n in prompt_lens]
-    logits = paged.step([s[:n] for s, n in zip(sequences, prompt_lens)],
-                        [SequenceStep(positions=list(range(n)), **b) for n, b in zip(prompt_lens, blocks)])
-    for b, n in enumerate(prompt_lens):
-        _assert_close(logits[b, :n], expected[b][0], f"prefill, sequence {b}")
-    for t in range(decode_steps):
-        logits = paged.step([[s[n + t]] for s, n in zip(sequences, prompt_lens)],
-                            [SequenceStep(positions=[n + t], **b) for n, b in zip(prompt_lens, blocks)])
-        for b in range(len(prompt_lens)):
-            _assert_close(logits[b, :1], expected[b][1 + t], f"decode step {t}, sequence {b}")
+    paged_path, _ = paged_copy(dense_path, tmp_path, block_size=BLOCK_SIZE, layout=layout)
+    _check_ragged_prefill_then_decode(dense_path, paged_path, layout, (7, 2, 5), decode_steps=6, seed=20)
