@@ -22,6 +22,7 @@ from pagedc.passes.paged_builder import PagedBuilder
 from pagedc.passes.rewrite_attention import check_attention, rewrite_attention
 from pagedc.passes.rewrite_decomposed import check_decomposed, rewrite_decomposed
 from pagedc.passes.rewrite_gqa import check_gqa, rewrite_gqa
+from pagedc.passes.rewrite_mha import check_mha, rewrite_mha
 from pagedc.passes.site import AttentionSite
 
 LAYOUTS = ("separate", "combined")
@@ -29,6 +30,7 @@ _REWRITERS = {
     "decomposed": (check_decomposed, rewrite_decomposed),
     "gqa": (check_gqa, rewrite_gqa),
     "attention": (check_attention, rewrite_attention),
+    "mha": (check_mha, rewrite_mha),
 }
 
 

@@ -48,6 +48,8 @@ def dense_model(tmp_path_factory):
     cache: dict = {}
 
     def build(form: str, **config) -> Path:
+        if form == "mha":   # MultiHeadAttention has no GQA
+            config.setdefault("num_kv_heads", config.get("num_heads", DecoderConfig.num_heads))
         key = (form, tuple(sorted(config.items())))
         if key not in cache:
             path = tmp_path_factory.mktemp("dense") / f"{form}.onnx"

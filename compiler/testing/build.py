@@ -10,7 +10,7 @@ from pagedc.testing.decomposed import build_decomposed
 from pagedc.testing.gqa import build_gqa
 from pagedc.testing.weights import make_weights
 
-FORMS = ("decomposed", "gqa", "attention")
+FORMS = ("decomposed", "gqa", "attention", "mha")
 
 
 def build_decoder(
@@ -24,6 +24,8 @@ def build_decoder(
     attention_mask, past_key_values.{i}.key/value; one GroupQueryAttention per layer.
     form "attention": form C, form A with each layer's attention as one ONNX opset-23
     `Attention` op (same inputs and outputs as form A).
+    form "mha": form D, form A with each layer's attention as com.microsoft.MultiHeadAttention
+    (needs num_kv_heads == num_heads).
     Both output logits and present.{i}.key/value. `weights` defaults to
     make_weights(config).
     """
@@ -38,6 +40,10 @@ def build_decoder(
         from pagedc.testing.attention_op import build_attention  # uses the detection front end
 
         return build_attention(config, weights)
+    if form == "mha":
+        from pagedc.testing.mha_op import build_mha  # uses the detection front end
+
+        return build_mha(config, weights)
     raise ValueError(f"form must be one of {FORMS}, got {form!r}")
 
 

@@ -20,7 +20,7 @@ from pagedc.testing.config import DecoderConfig
 from pagedc.testing.positions import hf_position_ids
 
 PAD_TOKEN_ID = 0
-PADDING = {"decomposed": "left", "gqa": "right", "attention": "left"}
+PADDING = {"decomposed": "left", "gqa": "right", "attention": "left", "mha": "left"}
 
 # forward(input_ids, attention_mask, position_ids | None, past) -> (logits, present)
 Forward = Callable[..., tuple[np.ndarray, list]]

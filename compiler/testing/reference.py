@@ -97,11 +97,11 @@ def reference_forward(
 def _site(config, form, mask, position_ids, past_len, seq_len) -> Site:
     if mask.shape[1] != past_len + seq_len:
         raise ValueError(f"attention_mask has {mask.shape[1]} columns, expected past {past_len} + new {seq_len}")
-    if form in ("decomposed", "attention"):  # form C computes form A's math in one op
+    if form in ("decomposed", "attention", "mha"):  # forms C and D compute form A's math in one op
         return _decomposed_site(config, mask, position_ids, past_len, seq_len)
     if form == "gqa":
         return _gqa_site(config, mask, position_ids, past_len, seq_len)
-    raise ValueError(f"form must be 'decomposed', 'gqa' or 'attention', got {form!r}")
+    raise ValueError(f"form must be 'decomposed', 'gqa', 'attention' or 'mha', got {form!r}")
 
 
 def _decomposed_site(config, mask, position_ids, past_len, seq_len) -> Site:

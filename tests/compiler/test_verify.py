@@ -28,7 +28,7 @@ def compiled(tmp_path_factory, dense_model):
 
 
 @pytest.mark.parametrize("layout", ["separate", "combined"])
-@pytest.mark.parametrize("form", ["decomposed", "gqa", "attention"])
+@pytest.mark.parametrize("form", ["decomposed", "gqa", "attention", "mha"])
 def test_verify_passes_at_the_tight_tier(compiled, form, layout):
     paged, dense = compiled(form, layout)
     result = _run("verify", paged, dense, "--batch", "3", "--decode-steps", "6", "--tier", "tight")

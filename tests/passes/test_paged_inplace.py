@@ -50,7 +50,7 @@ def _written_slots(feeds: dict, steps: list[SequenceStep], layout: str) -> list[
 
 
 @pytest.mark.parametrize("layout", ["separate", "combined"])
-@pytest.mark.parametrize("form", ["decomposed", "gqa", "attention"])
+@pytest.mark.parametrize("form", ["decomposed", "gqa", "attention", "mha"])
 def test_pools_update_in_place_and_padding_only_touches_null_block(dense_model, tmp_path, form, layout):
     path, _ = paged_copy(dense_model(form), tmp_path, block_size=BLOCK_SIZE, layout=layout)
     sess = session(path)

@@ -9,7 +9,7 @@ from pagedc.runtime.feeds import SequenceStep
 from tests.conftest import PAGED_ATOL, paged_copy
 from tests.paged_harness import DenseRunner, PagedRunner, blocks_for, shuffled_blocks
 
-FORMS = ("decomposed", "gqa", "attention")
+FORMS = ("decomposed", "gqa", "attention", "mha")
 LAYOUTS = ("separate", "combined")
 BLOCK_SIZE = 4
 NUM_BLOCKS = 40

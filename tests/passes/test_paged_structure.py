@@ -14,7 +14,7 @@ def _shapes(values) -> dict[str, list]:
     return {v.name: [d if isinstance(d, int) else str(d) for d in v.shape] for v in values}
 
 
-@pytest.mark.parametrize("form", ["decomposed", "gqa", "attention"])
+@pytest.mark.parametrize("form", ["decomposed", "gqa", "attention", "mha"])
 def test_separate_layout_abi(dense_model, form):
     model, report = rewrite_to_paged(load_model(dense_model(form)), block_size=8)
     inputs, outputs = _shapes(model.graph.inputs), _shapes(model.graph.outputs)
@@ -22,9 +22,10 @@ def test_separate_layout_abi(dense_model, form):
     assert inputs["slot_mapping"] == ["num_tokens"]
     assert inputs["context_lens"] == ["batch_size"]
     assert inputs["position_ids"] == ["batch_size", "sequence_length"]
+    kv_heads = 4 if form == "mha" else 2       # MultiHeadAttention has no GQA: the mha reference has 4 KV heads
     for i in range(2):
-        assert inputs[f"key_cache.{i}"] == inputs[f"value_cache.{i}"] == ["num_blocks", 2, 8, 16]
-        assert outputs[f"key_cache_out.{i}"] == ["num_blocks", 2, 8, 16]
+        assert inputs[f"key_cache.{i}"] == inputs[f"value_cache.{i}"] == ["num_blocks", kv_heads, 8, 16]
+        assert outputs[f"key_cache_out.{i}"] == ["num_blocks", kv_heads, 8, 16]
     assert not any("past" in n or n == "attention_mask" for n in inputs)
     assert not any("present" in n for n in outputs)
     grouped = {"grouped attention (repeat-kv removed)": 2} if form == "decomposed" else {}
@@ -43,7 +44,7 @@ def test_combined_layout_abi(dense_model):
 
 
 @pytest.mark.parametrize("layout", ["separate", "combined"])
-@pytest.mark.parametrize("form", ["decomposed", "gqa", "attention"])
+@pytest.mark.parametrize("form", ["decomposed", "gqa", "attention", "mha"])
 def test_pool_goes_straight_through_one_scatter_and_reads_follow_it(dense_model, form, layout):
     """In place under IOBinding: pool -> ScatterND -> output, no Reshape around it; reads use the scatter output."""
     model, report = rewrite_to_paged(load_model(dense_model(form)), layout=layout)

@@ -31,7 +31,7 @@ def compiled(tmp_path_factory, dense_model):
 
 
 @pytest.mark.parametrize("layout", ["separate", "combined"])
-@pytest.mark.parametrize("form", ["decomposed", "gqa", "attention"])
+@pytest.mark.parametrize("form", ["decomposed", "gqa", "attention", "mha"])
 @pytest.mark.parametrize("prompts", [PROMPTS[:1], PROMPTS], ids=["single", "ragged4"])
 def test_greedy_tokens_equal_the_dense_loop(compiled, form, layout, prompts):
     out, dense = compiled(form, layout)

@@ -122,4 +122,4 @@ def test_gqa_rejects_head_dim_not_multiple_of_16():
 
 def test_unknown_form():
     with pytest.raises(ValueError, match="form must be one of"):
-        build_decoder(DecoderConfig(), "mha")
+        build_decoder(DecoderConfig(), "alibi")
