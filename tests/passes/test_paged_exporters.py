@@ -52,3 +52,24 @@ def test_paged_export_matches_dense_export(exported_model_factory, tmp_path, arc
                             [SequenceStep(positions=[n + t], **b) for n, b in zip(prompt_lens, blocks)])
         diffs += [float(np.max(np.abs(logits[b, 0] - expected[b][1 + t][0]))) for b in range(len(prompt_lens))]
     assert max(diffs) <= PAGED_ATOL, f"max abs diff {max(diffs):.3g} over prefill and {decode_steps} decode steps"
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "phi3"])
+def test_ort_fused_dynamo_exports_page_exactly(exported_model_factory, tmp_path, arch):
+    """onnxscript's optimize_for_ort turns a dynamo export's attention into GroupQueryAttention (rotary inside);
+    the paged rewrite of that fused graph still computes the unfused export's logits."""
+    import onnx_ir as ir
+    from onnxscript.rewriter.ort_fusions import optimize_for_ort
+
+    from pagedc.compile import CompileOptions, compile_model
+    from pagedc.verify import verify
+
+    source = exported_model_factory(arch, "dynamo")
+    model = load_model(source)
+    optimize_for_ort(model)
+    fused = tmp_path / "fused.onnx"
+    ir.save(model, str(fused), external_data="fused.onnx.data")
+    assert {s.form for s in find_attention_sites(load_model(fused)).sites} == {"gqa"}
+    compile_model(fused, tmp_path / "paged", CompileOptions(block_size=8, num_blocks=64))
+    report = verify(tmp_path / "paged", source, batch=3, decode_steps=6)
+    assert report.passed, [(s.step, s.max_abs) for s in report.steps]
