@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--prompt-len", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=5, help="alternating dense/paged rounds; medians are printed")
+    parser.add_argument("--rounds", type=int, default=7, help="alternating dense/paged rounds; medians are printed")
     args = parser.parse_args()
     config = DecoderConfig.llama_like(args.layers, args.hidden, max_position_embeddings=2048)
     work = Path(tempfile.mkdtemp(prefix="pagedc-bench-"))
