@@ -37,7 +37,8 @@ Build steps, all by subprocess with HF_HUB_OFFLINE=1:
    (make_hf_model.py), so all exports of an arch share weights;
 3. the export, then check_export.py in the exporter's venv (logits vs torch).
 
-Cache: ${PAGEDC_CACHE:-~/.cache/pagedc}/exporters/<key>/, key = hash of the
+Cache: ${PAGEDC_CACHE:-~/.cache/pagedc}/exporters/<key>/ (caches of other
+keys that no process holds are removed when a new key is first built), key = hash of the
 requirements files, the scripts, the export commands and the Python version,
 so changing any of them rebuilds.  Outputs are built in a temp dir and renamed
 into place; a file lock serialises concurrent pytest processes.  Venvs are
@@ -268,11 +269,37 @@ def exported_model(arch: str, exporter: str) -> pathlib.Path:
         raise ValueError(f"no {exporter} export of {arch}: {UNSUPPORTED[arch, exporter]}; see ARCH_EXPORTERS")
     root = cache_dir()
     model = root / f"{arch}-{exporter}" / "model.onnx"
+    if not root.exists():
+        prune_stale_keys(root)
     if not model.exists():
         with build_lock(root):
             if not model.exists():  # another process may have built it meanwhile
                 build_export(root, arch, exporter, model.parent)
     return model
+
+
+def prune_stale_keys(root: pathlib.Path) -> None:
+    """Remove caches of other keys (about 3 GB each: venvs with torch) that no process is using.
+
+    A key changes whenever a script or requirements file does, so without this
+    every edit would leave its old cache behind. A cache whose lock another
+    process holds is kept.
+    """
+    parent = root.parent
+    if not parent.is_dir():
+        return
+    for other in parent.iterdir():
+        if other == root or not other.is_dir() or len(other.name) != 16:
+            continue
+        if not all(c in "0123456789abcdef" for c in other.name):
+            continue
+        with open(other / ".lock", "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue                                  # in use by another test run
+            log(f"removing the stale exporter cache {other}")
+            shutil.rmtree(other, ignore_errors=True)
 
 
 def export_check(arch: str, exporter: str) -> dict:
