@@ -4,8 +4,10 @@
     engine = Engine.from_manifest("model.paged")
     engine.generate([[1, 2, 3]], max_new_tokens=16)
 
-`PagedKVCacheManager` (block tables, slots) is usable alone; it knows nothing
-of devices.
+The engine runs ONNX Runtime artifacts (OrtPagedSession, pools updated in
+place) or MIGraphX ones (MxrPagedSession, one program per shape bucket), as
+the manifest says. `PagedKVCacheManager` (block tables, slots, prefix cache,
+forks) is usable alone; it knows nothing of devices.
 """
 
 from pagedc.runtime.block_manager import PagedKVCacheManager
