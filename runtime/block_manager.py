@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pagedc.runtime.feeds import NULL_BLOCK, SequenceStep, step_feeds
+from pagedc.runtime.feeds import NULL_BLOCK, SequenceStep, slots_of, step_feeds
 
 LAYOUTS = ("separate", "combined")
 Unit = tuple[int, ...]          # (block,) or (key_block, value_block)
@@ -181,15 +181,15 @@ class PagedKVCacheManager:
             self._copy_on_write(seq)
         while len(seq.units) < self._units_for(seq.num_tokens + num_new):
             seq.units.append(self._allocate())
-        positions = np.arange(seq.num_tokens, seq.num_tokens + num_new)
+        positions = range(seq.num_tokens, seq.num_tokens + num_new)
         seq.num_tokens += num_new
         seq.num_new = num_new
         known = len(seq.token_ids)  # tokens given at add() or earlier appends
         if token_ids is not None and known < seq.num_tokens:
             seq.token_ids += list(token_ids)[known - (seq.num_tokens - num_new):]
-        slots = [np.asarray([u[row] for u in seq.units])[positions // self.block_size] * self.block_size
-                 + positions % self.block_size for row in range(2 if self.is_combined else 1)]
-        return np.stack(slots).astype(np.int32) if self.is_combined else slots[0].astype(np.int32)
+        rows = [slots_of([u[row] for u in seq.units], positions, self.block_size)
+                for row in range(2 if self.is_combined else 1)]
+        return np.stack(rows) if self.is_combined else rows[0]
 
     def take_copies(self) -> list[tuple[int, int]]:
         """Block copies (src, dst) the runtime must apply to its pools before the next step."""

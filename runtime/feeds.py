@@ -59,7 +59,7 @@ def step_feeds(steps: list[SequenceStep], block_size: int, *, layout: str = "sep
         context_lens[b] = max(step.positions) + 1 if count else 0
         for row, blocks in enumerate(_rows(step, is_combined)):
             tables[row, b, : len(blocks)] = blocks
-            slots[row, b * seq_len : b * seq_len + count] = _slots(blocks, step.positions, block_size)
+            slots[row, b * seq_len : b * seq_len + count] = slots_of(blocks, step.positions, block_size)
     block_table = tables.transpose(1, 0, 2) if is_combined else tables[0]
     return {
         "block_table": np.ascontiguousarray(block_table),   # [B, MB] or [B, 2, MB] int32
@@ -75,9 +75,9 @@ def _rows(step: SequenceStep, is_combined: bool) -> list[list[int]]:
     return [step.key_blocks, step.value_blocks if step.value_blocks is not None else step.key_blocks]
 
 
-def _slots(blocks: list[int], positions: list[int], block_size: int) -> np.ndarray:
-    pos = np.asarray(positions, np.int64)
-    return (np.asarray(blocks, np.int64)[pos // block_size] * block_size + pos % block_size).astype(np.int32)
+def slots_of(blocks: list[int], positions, block_size: int) -> np.ndarray:
+    """int32 slot of each position: blocks[p // block_size] * block_size + p % block_size."""
+    return np.asarray([blocks[p // block_size] * block_size + p % block_size for p in positions], np.int32)
 
 
 def _check_sizes(steps: list[SequenceStep], block_size: int, seq_len: int, max_blocks: int, batch: int) -> None:

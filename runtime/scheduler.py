@@ -24,11 +24,6 @@ from pagedc.runtime.request import Request, Status
 @dataclass
 class ScheduledStep:
     work: list[tuple[Request, list[int]]] = field(default_factory=list)   # request, its tokens this step
-    preempted: list[Request] = field(default_factory=list)
-
-    @property
-    def num_tokens(self) -> int:
-        return sum(len(tokens) for _, tokens in self.work)
 
 
 class Scheduler:
@@ -119,4 +114,3 @@ class Scheduler:
         request.num_preemptions += 1
         self.num_preemptions += 1
         self.waiting.appendleft(request)
-        step.preempted.append(request)
