@@ -71,7 +71,8 @@ def compile_model(source: Path, out_dir: Path, options: CompileOptions,
     progress(f"loading {source} (graph only; weights stay on disk)")
     model = load_model(source)
     progress("rewriting attention layers to paged attention")
-    model, report = rewrite_to_paged(model, block_size=options.block_size, layout=options.layout)
+    model, report = rewrite_to_paged(model, block_size=options.block_size, layout=options.layout,
+                                     fuse_rotary=target == "onnx")
     progress(f"rewrote {report.num_layers} layer(s): " + ", ".join(f"{n} {form}" for form, n in report.rewrites.items()))
     num_blocks = _num_blocks(report, options)
     plan = plan_mxr(source, model, num_blocks, options, progress) if target == "mxr" else None

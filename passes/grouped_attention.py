@@ -67,19 +67,27 @@ def group_attention(site: AttentionSite, builder: PagedBuilder, key: ir.Value, v
 
 
 def attend(b: PagedBuilder, q: ir.Value, key: ir.Value, value: ir.Value, h: int, hkv: int, dh: int,
-           scale: float, softcap: float, dtype: ir.DataType, window: int | None = None) -> ir.Value:
-    """softmax(q·Kᵀ·scale + paged mask)·V for q [B,H,S,Dh], key/value [B,Hkv,T,Dh]; returns [B,H,S,Dh].
+           scale: float, softcap: float, dtype: ir.DataType, window: int | None = None,
+           tokens_first: bool = False) -> ir.Value:
+    """softmax(q·Kᵀ·scale + paged mask)·V with key/value [B,Hkv,T,Dh].
 
-    Used where pagedc replaces a fused attention op (GroupQueryAttention, ONNX
-    Attention): the same grouping as above, so K/V are never repeated.
+    q is [B,H,S,Dh] (returns [B,H,S,Dh]) or, with tokens_first, [B,S,H·Dh] or [B,S,H,Dh]
+    (returns [B,S,H·Dh]). Used where pagedc replaces a fused attention op (GroupQueryAttention,
+    ONNX Attention, MultiHeadAttention): queries are grouped per KV head, so K/V are never
+    repeated, and the mask comes pre-tiled for the grouped rows, so scores are never regrouped.
     """
-    np_dtype = dtype.numpy()
+    np_dtype, g = dtype.numpy(), h // hkv
+    if tokens_first:
+        q = b.op("Transpose", b.op("Reshape", q, b.const([0, 0, hkv, g, dh])), perm=[0, 2, 3, 1, 4])  # [B,Hkv,G,S,Dh]
     q = b.op("Reshape", q, b.const([0, hkv, -1, dh]))                                    # [B, Hkv, G·S, Dh]
     scores = b.op("MatMul", q, b.op("Transpose", key, perm=[0, 1, 3, 2]))               # [B, Hkv, G·S, T]
-    scores = b.op("Mul", b.op("Reshape", scores, b.heads_shape(h)), b.const(scale, dtype=np_dtype))  # [B, H, S, T]
+    scores = b.op("Mul", scores, b.const(scale, dtype=np_dtype))   # NOTE: ORT fuses Transpose+MatMul+Mul into one FusedMatMul
     if softcap:
         capped = b.op("Tanh", b.op("Div", scores, b.const(softcap, dtype=np_dtype)))
         scores = b.op("Mul", capped, b.const(softcap, dtype=np_dtype))
-    probs = b.op("Softmax", b.op("Add", scores, b.additive_mask(dtype, window)), axis=-1)  # mask [B, 1, S, T]
-    out = b.op("MatMul", b.op("Reshape", probs, b.heads_shape(hkv)), value)             # [B, Hkv, G·S, Dh]
-    return b.op("Reshape", out, b.const([0, h, -1, dh]))                                # [B, H, S, Dh]
+    probs = b.op("Softmax", b.op("Add", scores, b.additive_mask(dtype, window, g)), axis=-1)  # mask [B,1,G·S,T]
+    out = b.op("MatMul", probs, value)                                                   # [B, Hkv, G·S, Dh]
+    if not tokens_first:
+        return b.op("Reshape", out, b.const([0, h, -1, dh]))                            # [B, H, S, Dh]
+    out = b.op("Transpose", b.op("Reshape", out, b.const([0, hkv, g, -1, dh])), perm=[0, 3, 1, 2, 4])  # [B,S,Hkv,G,Dh]
+    return b.op("Reshape", out, b.const([0, 0, h * dh]))                                # [B, S, H·Dh]

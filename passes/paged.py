@@ -70,8 +70,12 @@ class RewriteReport:
 
 
 def rewrite_to_paged(model: ir.Model, *, block_size: int = 16, layout: str = "separate",
-                     num_blocks: int | None = None) -> tuple[ir.Model, RewriteReport]:
-    """Rewrite `model` in place; `num_blocks` fixes the pools' first dim (None keeps it symbolic)."""
+                     num_blocks: int | None = None, fuse_rotary: bool = False) -> tuple[ir.Model, RewriteReport]:
+    """Rewrite `model` in place; `num_blocks` fixes the pools' first dim (None keeps it symbolic).
+
+    fuse_rotary: rotary that pagedc builds itself (form B) uses com.microsoft.RotaryEmbedding, one op
+    per Q and K; for ONNX Runtime targets. Off, it is built from plain ops (MIGraphX lowering).
+    """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     if block_size < 1:
@@ -80,7 +84,7 @@ def rewrite_to_paged(model: ir.Model, *, block_size: int = 16, layout: str = "se
     sites = _pageable_sites(model)
     kv_inputs = [name for s in sites for name in (s.past_key, s.past_value)]
     attention_mask = _graph_input(graph, "attention_mask")
-    builder = PagedBuilder(graph, block_size, layout, _graph_input(graph, "position_ids"))
+    builder = PagedBuilder(graph, block_size, layout, _graph_input(graph, "position_ids"), fuse_rotary)
     report = _start_report(sites, block_size, layout, builder)
     for site in sites:
         pools = _add_pools(builder, site, layout, num_blocks)

@@ -42,14 +42,11 @@ def rewrite_attention(site: AttentionSite, builder: PagedBuilder, pools: list[ir
     h, hkv, dh = site.num_heads, site.num_kv_heads, site.head_dim
     is_3d = node.inputs[0].shape is not None and len(node.inputs[0].shape) == 3
     q, k, v = node.inputs[:3]
-    if is_3d:   # [B, S, heads·Dh] -> [B, S, heads, Dh]; K/V stay token-first for the scatter
-        q = b.op("Transpose", b.op("Reshape", q, b.const([0, 0, h, dh])), perm=[0, 2, 1, 3])
+    if is_3d:   # K/V [B, S, heads·Dh] -> [B, S, heads, Dh], token-first for the scatter; Q stays as it is
         k, v = (b.op("Reshape", x, b.const([0, 0, hkv, dh])) for x in (k, v))
     outs, key, value = b.write_and_read(pools, k, v, hkv, tokens_first=is_3d)
     scale = _attr(node, "scale", 0.0) or 1.0 / math.sqrt(dh)
     out = attend(b, q, key, value, h, hkv, dh, scale, _attr(node, "softcap", 0.0), pools[0].dtype,
-                 site.window)                                                                 # [B, H, S, Dh]
-    if is_3d:
-        out = b.op("Reshape", b.op("Transpose", out, perm=[0, 2, 1, 3]), b.const([0, 0, h * dh]))
+                 site.window, tokens_first=is_3d)                                              # like Q
     b.retire(node, out)
     return outs

@@ -3,9 +3,17 @@
     before:  GroupQueryAttention(query [B,S,H·Dh], key [B,S,Hkv·Dh], value, past_key, past_value,
                                  seqlens_k, total_sequence_length, cos_cache, sin_cache, ...)
              -> output [B,S,H·Dh], present_key, present_value
-    after:   q, k ─rotary(cos_cache, sin_cache at position_ids)─▶ k [B,S,Hkv,Dh] ─ScatterND▶ key_cache_out.{i}
+    after:   query ─Reshape─Transpose─Split─▶ q [B,H,S,Dh], k, v [B,Hkv,S,Dh]
+             q, k ─rotary(cos_cache, sin_cache at position_ids)─▶ k ─ScatterND▶ key_cache_out.{i} ─GatherND▶ K
              q [B,Hkv,G·S,Dh] · Kᵀ [B,Hkv,Dh,T] ─▶ scale ─▶ Add(mask) ─▶ Softmax ─▶ · V [B,Hkv,T,Dh]
              ─▶ [B,S,H·Dh]
+
+Per layer that is ~19 ops besides the projections (NOTE: ONNX Runtime's CPU
+cost per op, ~5-10 µs, is what a decode step spends beyond its MatMuls, so
+the layout is chosen to need the fewest): heads-first from the start, so
+the scatter takes K/V as they are and the grouped Q is a free Reshape; on
+ONNX Runtime rotary is com.microsoft.RotaryEmbedding (one op for Q, one for
+K), for MIGraphX the plain-op rotary with cos/sin rows gathered once per graph.
 
 Queries are grouped per KV head (head h reads KV head h // G, as GQA does), so
 K/V are never repeated. Positions come from the `position_ids` input instead of
@@ -43,38 +51,53 @@ def rewrite_gqa(site: AttentionSite, builder: PagedBuilder, pools: list[ir.Value
     node = site.nodes["op"]
     b = builder
     h, hkv, dh = site.num_heads, site.num_kv_heads, site.head_dim
-    query, key, value = _split_qkv(b, node, h, hkv, dh)
-    q = b.op("Reshape", query, b.const([0, 0, h, dh]))     # [B, S, H, Dh]
-    k = b.op("Reshape", key, b.const([0, 0, hkv, dh]))     # [B, S, Hkv, Dh]
-    v = b.op("Reshape", value, b.const([0, 0, hkv, dh]))
+    q, k, v = _split_heads(b, node, h, hkv, dh)                                        # [B, ·, S, Dh]
     if _attr(node, "do_rotary", 0):
         interleaved = bool(_attr(node, "rotary_interleaved", 0))
-        q = apply_rotary(b, q, node.inputs[7], node.inputs[8], interleaved, dh)
-        k = apply_rotary(b, k, node.inputs[7], node.inputs[8], interleaved, dh)
-    outs, key, value = b.write_and_read(pools, k, v, hkv, tokens_first=True)
+        rotary = fused_rotary if b.fuse_rotary else apply_rotary
+        q = rotary(b, q, node.inputs[7], node.inputs[8], interleaved, h, dh)
+        k = rotary(b, k, node.inputs[7], node.inputs[8], interleaved, hkv, dh)
+    outs, key, value = b.write_and_read(pools, k, v, hkv)
     scale = _attr(node, "scale", 0.0) or 1.0 / math.sqrt(dh)
-    q = b.op("Transpose", q, perm=[0, 2, 1, 3])                                       # [B, H, S, Dh]
-    out = attend(b, q, key, value, h, hkv, dh, scale, _attr(node, "softcap", 0.0), pools[0].dtype,
-                 site.window)
+    out = attend(b, q, key, value, h, hkv, dh, scale, _attr(node, "softcap", 0.0), pools[0].dtype, site.window)
     out = b.op("Transpose", out, perm=[0, 2, 1, 3])                                   # [B, S, H, Dh]
-    b.retire(node, b.op("Reshape", out, b.const([0, 0, h * dh])))
+    b.retire(node, b.op("Reshape", out, b.const([0, 0, h * dh])))                     # [B, S, H·Dh]
     return outs
 
 
-def _split_qkv(b: PagedBuilder, node: ir.Node, h: int, hkv: int, dh: int) -> tuple[ir.Value, ir.Value, ir.Value]:
-    """query, key, value [B, S, ··Dh]; genai packs them into one [B, S, (H + 2·Hkv)·Dh] input."""
+def _split_heads(b: PagedBuilder, node: ir.Node, h: int, hkv: int, dh: int) -> tuple[ir.Value, ir.Value, ir.Value]:
+    """q [B, H, S, Dh], k and v [B, Hkv, S, Dh] from GQA's query/key/value [B, S, ··Dh].
+
+    genai packs them into one query [B, S, (H + 2·Hkv)·Dh]: one Reshape, one Transpose and one
+    Split then give all three heads-first, the layout the scatter, rotary and MatMuls take as is.
+    """
+    def heads_first(x: ir.Value, num_heads: int) -> ir.Value:
+        return b.op("Transpose", b.op("Reshape", x, b.const([0, 0, num_heads, dh])), perm=[0, 2, 1, 3])
+
     if node.inputs[1] is not None:
-        return node.inputs[0], node.inputs[1], node.inputs[2]
-    bounds = [0, h * dh, (h + hkv) * dh, (h + 2 * hkv) * dh]
-    return tuple(b.op("Slice", node.inputs[0], b.const([lo]), b.const([hi]), b.const([2]))
-                 for lo, hi in zip(bounds, bounds[1:]))
+        return heads_first(node.inputs[0], h), heads_first(node.inputs[1], hkv), heads_first(node.inputs[2], hkv)
+    packed = heads_first(node.inputs[0], h + 2 * hkv)                                  # [B, H + 2·Hkv, S, Dh]
+    if b.opset >= 13:
+        return tuple(b.tape.op_multi_out("Split", [packed, b.const([h, hkv, hkv])], {"axis": 1}, num_outputs=3))
+    bounds = [0, h, h + hkv, h + 2 * hkv]
+    return tuple(b.op("Slice", packed, b.const([lo]), b.const([hi]), b.const([1])) for lo, hi in zip(bounds, bounds[1:]))
+
+
+def fused_rotary(b: PagedBuilder, x: ir.Value, cos_cache: ir.Value, sin_cache: ir.Value,
+                 interleaved: bool, num_heads: int, head_dim: int) -> ir.Value:
+    """com.microsoft.RotaryEmbedding on x [B, heads, S, Dh] at position_ids: one op instead of ~12 (ONNX Runtime)."""
+    rotary_dim = 2 * cos_cache.shape[1]
+    attributes = {"interleaved": int(interleaved)}
+    if rotary_dim < head_dim:   # partial rotary: the last Dh - R dims pass through
+        attributes.update(rotary_embedding_dim=rotary_dim, num_heads=num_heads)
+    return b.tape.op("RotaryEmbedding", [x, b.position_ids, cos_cache, sin_cache], attributes, domain="com.microsoft")
 
 
 def apply_rotary(b: PagedBuilder, x: ir.Value, cos_cache: ir.Value, sin_cache: ir.Value,
-                 interleaved: bool, head_dim: int) -> ir.Value:
-    """Rotary on x [B, S, heads, Dh] at position_ids; caches are [max_pos, R/2] (R <= Dh rotated dims)."""
-    cos = b.op("Unsqueeze", b.op("Gather", cos_cache, b.position_ids, axis=0), b.const([2]))  # [B, S, 1, R/2]
-    sin = b.op("Unsqueeze", b.op("Gather", sin_cache, b.position_ids, axis=0), b.const([2]))
+                 interleaved: bool, num_heads: int, head_dim: int) -> ir.Value:
+    """Rotary on x [B, heads, S, Dh] at position_ids from plain ops (MIGraphX); caches are [max_pos, R/2]
+    (R <= Dh rotated dims); the cos/sin rows are gathered once per graph."""
+    cos, sin = b.rotary_rows(cos_cache, sin_cache)                                      # [B, 1, S, R/2]
     half = cos_cache.shape[1]
     rot, rest = b.op("Slice", x, b.const([0]), b.const([2 * half]), b.const([3])), None
     if 2 * half < head_dim:  # partial rotary: the last Dh - R dims pass through

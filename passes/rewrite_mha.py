@@ -45,12 +45,11 @@ def rewrite_mha(site: AttentionSite, builder: PagedBuilder, pools: list[ir.Value
     node, b = site.nodes["op"], builder
     h, dh = site.num_heads, site.head_dim
     q, k, v = _with_bias(b, node, h * dh)
-    q = b.op("Transpose", b.op("Reshape", q, b.const([0, 0, h, dh])), perm=[0, 2, 1, 3])   # [B, H, S, Dh]
     k, v = (b.op("Reshape", x, b.const([0, 0, h, dh])) for x in (k, v))                    # [B, S, H, Dh]
     outs, key, value = b.write_and_read(pools, k, v, h, tokens_first=True)
     scale = _attr(node, "scale", 0.0) or 1.0 / math.sqrt(dh)
-    out = attend(b, q, key, value, h, h, dh, scale, 0.0, pools[0].dtype, site.window)     # [B, H, S, Dh]
-    b.retire(node, b.op("Reshape", b.op("Transpose", out, perm=[0, 2, 1, 3]), b.const([0, 0, h * dh])))
+    b.retire(node, attend(b, q, key, value, h, h, dh, scale, 0.0, pools[0].dtype, site.window,
+                          tokens_first=True))                                             # [B, S, H·Dh]
     return outs
 
 

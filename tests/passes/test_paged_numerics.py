@@ -102,3 +102,12 @@ def test_sliding_window_layers_match_dense(dense_model, tmp_path, form, layout):
     dense_path = dense_model(form, sliding_window=3)
     paged_path, _ = paged_copy(dense_path, tmp_path, block_size=BLOCK_SIZE, layout=layout)
     _check_ragged_prefill_then_decode(dense_path, paged_path, layout, (7, 2, 5), decode_steps=6, seed=20)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("sliding_window", [None, 3])
+def test_fused_rotary_matches_dense(dense_model, tmp_path, layout, sliding_window):
+    """Form B with com.microsoft.RotaryEmbedding (the ONNX Runtime target's rotary) instead of plain ops."""
+    dense_path = dense_model("gqa", sliding_window=sliding_window)
+    paged_path, _ = paged_copy(dense_path, tmp_path, block_size=BLOCK_SIZE, layout=layout, fuse_rotary=True)
+    _check_ragged_prefill_then_decode(dense_path, paged_path, layout, (7, 2, 5), decode_steps=6, seed=30)
