@@ -25,11 +25,12 @@ def check_fits(kind: ModelKind, options: BenchOptions) -> None:
     """Raise RequestError naming the limit, the model and the option to change when a step does not fit."""
     steps = []
     if options.prefill_len:
-        steps.append((options.prefill_len, "the prefill (--prefill-len)"))
+        steps.append((options.prefill_len, "the prefill reaches", "--prefill-len"))
     if options.decode_steps:
-        steps.append((options.context + options.decode_steps, "--context plus --decode-steps"))
-    for num_tokens, what in steps:
-        _check_tokens(kind, options.batch, num_tokens, what)
+        steps.append((options.context + options.decode_steps, "--context plus --decode-steps reach",
+                      "--context / --decode-steps"))
+    for num_tokens, what, hint in steps:
+        _check_tokens(kind, options.batch, num_tokens, what, hint)
     if kind.artifacts and kind.is_paged:
         _check_paged_buckets(kind, options)
     elif kind.artifacts:
@@ -48,11 +49,11 @@ def context_chunk(kind: ModelKind, options: BenchOptions) -> int:
     return min(max(lengths), options.context)
 
 
-def _check_tokens(kind: ModelKind, batch: int, num_tokens: int, what: str) -> None:
-    where = f"{kind.path}: {what} reach{'es' if what.startswith('the') else ''} {num_tokens} tokens per sequence"
+def _check_tokens(kind: ModelKind, batch: int, num_tokens: int, what: str, hint: str) -> None:
+    where = f"{kind.path}: {what} {num_tokens} tokens per sequence"
     if kind.max_positions is not None and num_tokens > kind.max_positions:
         raise RequestError(f"{where}; the model encodes {kind.max_positions} positions (its position table); "
-                           "lower --prefill-len / --context / --decode-steps")
+                           f"lower {hint}")
     manifest = kind.manifest
     if manifest is None:
         return
@@ -60,19 +61,19 @@ def _check_tokens(kind: ModelKind, batch: int, num_tokens: int, what: str) -> No
         limit = int(manifest.standard["max_context"])
         if num_tokens > limit:
             raise RequestError(f"{where}; the standard artifacts hold {limit} (--max-context of the compile); "
-                               "lower --context / --decode-steps / --prefill-len")
+                               f"lower {hint}")
         return
     units = (manifest.num_blocks - 1) // (2 if manifest.layout == "combined" else 1)
     per_sequence = manifest.max_context or units * manifest.block_size
     if num_tokens > per_sequence:
         raise RequestError(f"{where}; one sequence may span {per_sequence} tokens "
                            f"({'max_context' if manifest.max_context else 'the whole pool'}); "
-                           "lower --context / --decode-steps / --prefill-len")
+                           f"lower {hint}")
     needed = batch * math.ceil(num_tokens / manifest.block_size)
     if needed > units:
         raise RequestError(f"{where}; {batch} sequence(s) need {needed} blocks of {manifest.block_size} tokens, the "
                            f"pool has {units} ({manifest.num_blocks} blocks, block 0 is the null block); lower --batch "
-                           "/ --context or recompile with a larger --num-blocks / --kv-memory")
+                           f"/ {hint} or recompile with a larger --num-blocks / --kv-memory")
 
 
 def _check_paged_buckets(kind: ModelKind, options: BenchOptions) -> None:
