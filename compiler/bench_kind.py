@@ -31,6 +31,7 @@ from pagedc.runtime.mxr_program import MxrProgramError, load_program, parameter_
 PAGED_SEPARATE, PAGED_COMBINED, STANDARD = "paged-separate", "paged-combined", "standard"
 TITLES = {PAGED_SEPARATE: "Paged (separate K/V)", PAGED_COMBINED: "Paged (combined K/V)",
           STANDARD: "Standard (dense KV cache)"}
+BACKENDS = ("onnxruntime", "migraphx")
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,9 @@ def detect(path: str | Path) -> ModelKind:
 def _from_manifest(path: Path) -> ModelKind:
     directory = path if path.is_dir() else path.parent
     manifest = Manifest.read(directory)
+    if manifest.backend not in BACKENDS:
+        raise errors.ManifestError(f"{directory / FILENAME}: backend {manifest.backend!r} is not one this pagedc "
+                                   f"runs ({', '.join(BACKENDS)}); recompile with this pagedc")
     kind = PAGED_COMBINED if manifest.layout == "combined" else PAGED_SEPARATE
     static = tuple(a for a in manifest.artifacts if a.phase in ("prefill", "decode"))
     positions = _max_positions(load_model(directory / manifest.artifacts[0].path)) \
@@ -102,7 +106,8 @@ def _from_mxr(path: Path) -> ModelKind:
     if path.name not in listed:
         raise errors.ManifestError(f"{path}: {path.parent / FILENAME} does not list this file; recompile")
     migraphx = import_migraphx()
-    kind = kind_from_inputs({n: dims for n, (dims, _) in parameter_specs(load_program(migraphx, path, listed[path.name])).items()})
+    program = load_program(migraphx, path, listed[path.name])   # checks its parameters against the manifest
+    kind = kind_from_inputs({name: dims for name, (dims, _) in parameter_specs(program).items()})
     static = manifest.artifacts if kind != STANDARD else manifest.standard_artifacts
     return ModelKind(path, kind, "migraphx", manifest, path.parent, _bucket_names(static), None, tuple(static))
 

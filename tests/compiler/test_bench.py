@@ -149,14 +149,15 @@ def test_table_prints_each_model_then_each_phase(compiled, dense_model):
     assert lines[2] == "Pool: 64 blocks x 4 tokens per layer, 0.1 MiB in all"
     assert lines[4] == "Model type: Standard (dense KV cache), onnxruntime, dynamic shapes"
     assert lines[6] == "=== Decode [B=1, 1] x 3 steps at context 12; 2 rounds after 1 warm-up ==="
-    assert lines[7].split() == ["model", "avg", "ms", "min", "ms", "max", "ms", "median", "ms", "tokens/s", "x", "first"]
+    assert lines[7].split() == "model avg ms min ms max ms median ms tokens/s x first".split()
     assert len(lines) == 10 and "Prefill" not in result.stdout
 
 
 def test_context_beyond_the_models_positions(dense_model):
     result = _run(dense_model("gqa"), "--context", "250", "--decode-steps", "10")
     assert result.exit_code == 1
-    assert "--context plus --decode-steps reach 260 tokens per sequence; the model encodes 256 positions" in result.stderr
+    assert ("--context plus --decode-steps reach 260 tokens per sequence; the model encodes 256 positions"
+            in result.stderr)
 
 
 def test_context_beyond_the_pool(compiled):
@@ -169,7 +170,8 @@ def test_context_beyond_the_pool(compiled):
 def test_prefill_outside_every_bucket(static_dir):
     result = _run(static_dir, "--prefill-len", "9", "--context", "8", "--decode-steps", "4")
     assert result.exit_code == 1
-    assert "Error: " in result.stderr and "the prefill step [B=1, S=9, max_blocks=3] fits no compiled bucket" in result.stderr
+    assert "Error: " in result.stderr
+    assert "the prefill step [B=1, S=9, max_blocks=3] fits no compiled bucket" in result.stderr
     assert "prefill [B=1, S=8, max_blocks=6]" in result.stderr
     result = _run(static_dir, "--prefill-len", "8", "--context", "20", "--decode-steps", "8")
     assert result.exit_code == 1 and "one sequence may span 24 tokens (max_context)" in result.stderr
@@ -211,3 +213,22 @@ def test_a_model_without_kv_cache_and_nothing_to_time(tmp_path, dense_model):
 def test_errors_are_pagedc_errors(dense_model):
     with pytest.raises(RequestError):
         detect(dense_model("gqa").parent / "missing.onnx")
+
+
+@pytest.mark.parametrize("arch,exporter", [("qwen2", "genai"), ("gpt2", "optimum")])
+def test_real_exports_paged_and_dense(exported_model_factory, tmp_path, arch, exporter):
+    """genai (GroupQueryAttention, no position_ids input) and Optimum GPT-2 (learned positions)."""
+    dense = exported_model_factory(arch, exporter)
+    compile_model(dense, tmp_path / "paged", CompileOptions(block_size=8, num_blocks=64), progress=lambda _: None)
+    result = _run(tmp_path / "paged", dense, *FAST, "--json")
+    assert result.exit_code == 0, result.output
+    models = json.loads(result.stdout)["models"]
+    assert [m["kind"] for m in models] == [PAGED_SEPARATE, STANDARD]
+    assert all(m["decode"]["num_steps"] == 6 for m in models)
+
+
+def test_an_unknown_backend_is_refused(compiled, tmp_path):
+    manifest = Manifest.read(compiled("gqa"))
+    dataclasses.replace(manifest, backend="tensorrt").write(tmp_path)
+    with pytest.raises(ManifestError, match="backend 'tensorrt' is not one this pagedc runs"):
+        detect(tmp_path)
