@@ -39,7 +39,9 @@ def bench_command(paths, prefill_len, batch, decode_steps, context, repeats, war
     Its kind (paged separate / combined K/V, or standard), backend and shape
     buckets are detected and printed. Prefill times one [B, N] step on an empty
     cache (blocks shuffled, as after some serving); decode times K single-token
-    steps per sequence at a context of C tokens. Several PATHs run in one
+    steps per sequence at a context of C tokens. Static (MIGraphX) buckets run
+    a step padded to the smallest bucket it fits; tokens/s counts real tokens
+    (B x N per prefill, B per decode step). Several PATHs run in one
     process in alternating rounds; "x first" is each model's median time over
     the first model's (below 1: faster). Progress goes to stderr, results to stdout.
 
