@@ -12,6 +12,7 @@ import logging
 import click
 
 from pagedc import __version__
+from pagedc.bench_cmd import bench_command
 from pagedc.compile_cmd import compile_command
 from pagedc.generate_cmd import generate_command
 from pagedc.inspect_cmd import inspect_command
@@ -33,6 +34,7 @@ def main(verbose: bool) -> None:
       pagedc compile model.onnx           # paged model + manifest in model.paged/
       pagedc generate model.paged --prompt-ids 1,2,3 --max-new-tokens 32
       pagedc verify model.paged model.onnx   # paged vs dense logits, step by step
+      pagedc bench model.paged model.onnx    # prefill and decode times, side by side
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="pagedc: %(message)s")
 
@@ -41,3 +43,4 @@ main.add_command(inspect_command)
 main.add_command(compile_command)
 main.add_command(generate_command)
 main.add_command(verify_command)
+main.add_command(bench_command)

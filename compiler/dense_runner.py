@@ -20,8 +20,9 @@ from pagedc.passes.detect import find_attention_sites
 class DenseRunner:
     """One sequence through a dense-cache ONNX model, chunk by chunk."""
 
-    def __init__(self, path: str | Path, optimize: bool = False):
+    def __init__(self, path: str | Path, optimize: bool = False, intra_op_threads: int = 0):
         options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads     # 0: ONNX Runtime's default (one per core)
         options.graph_optimization_level = (
             ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -5,7 +5,7 @@
 Builds a reference decoder (8 layers, hidden 512, GQA 8/2 heads by default),
 compiles it with `pagedc compile`'s driver, then times single-token decode
 steps side by side in one run (ONNX Runtime CPU, default optimizations, median
-of --repeats runs after warm-up):
+of --repeats alternating rounds after warm-up, pagedc.bench_timer.measure):
 - dense: past of P tokens fed in, present returned (what a dense-cache loop does);
 - paged: the same step on a pool through IOBinding (pools updated in place),
   block table covering P + 1 tokens;
@@ -16,15 +16,14 @@ at P = 128, 512, 2048, and the paged step at P = 512 with a pool of 64 vs
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
+from pagedc.bench_timer import measure
 from pagedc.compile import CompileOptions, compile_model
 from pagedc.manifest import Manifest
 from pagedc.runtime import OrtPagedSession, PagedKVCacheManager, SessionOptions
@@ -34,16 +33,9 @@ BLOCK_SIZE = 16
 
 
 def paired_median_ms(run_a, run_b, repeats: int) -> tuple[float, float]:
-    """Median ms of each closure, runs interleaved a, b, a, b ... so load changes hit both alike."""
-    for _ in range(3):
-        run_a(), run_b()
-    times: tuple[list, list] = ([], [])
-    for _ in range(repeats):
-        for run, acc in ((run_a, times[0]), (run_b, times[1])):
-            start = time.perf_counter()
-            run()
-            acc.append(time.perf_counter() - start)
-    return statistics.median(times[0]) * 1e3, statistics.median(times[1]) * 1e3
+    """Median ms of each closure, in alternating rounds a, b, a, b ... (pagedc bench's timing loop)."""
+    stats = measure({"a": lambda _: run_a(), "b": lambda _: run_b()}, repeats=repeats, warmup=3)
+    return stats["a"].median_ms, stats["b"].median_ms
 
 
 def dense_step(session: ort.InferenceSession, config: DecoderConfig, past_len: int):
