@@ -76,7 +76,8 @@ def compile_model(source: Path, out_dir: Path, options: CompileOptions,
     progress(f"rewrote {report.num_layers} layer(s): " + ", ".join(f"{n} {form}" for form, n in report.rewrites.items()))
     num_blocks = _num_blocks(report, options)
     plan = plan_mxr(source, model, num_blocks, options, progress) if target == "mxr" else None
-    migraphx = _import_migraphx() if target == "mxr" else None
+    if target == "mxr":
+        _import_migraphx()   # fails before anything is written; the MIGraphX steps run in child processes
     staging = Path(tempfile.mkdtemp(prefix=f"{out_dir.name}.tmp-", dir=out_dir.parent))
     staging.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; OUT should look like any new directory
     try:
@@ -86,7 +87,7 @@ def compile_model(source: Path, out_dir: Path, options: CompileOptions,
             manifest = _manifest(source, model, report, num_blocks, options)
         else:
             manifest = _mxr_manifest(source, model, report, num_blocks, options, plan,
-                                     write_mxr(plan, migraphx, staging, options, progress))
+                                     write_mxr(plan, staging, options, progress))
         manifest.write(staging)
         _copy_tokenizer(source.parent, staging, progress)
         _commit(staging, out_dir)

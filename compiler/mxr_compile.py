@@ -2,10 +2,12 @@
 
     plan = plan_mxr(...)            lower every bucket (paged, and dense with --emit-standard), check each
                                     for MIGraphX's parser: pure Python, fails before anything is written
-    migraphx = import_migraphx()    (the driver, so a missing MIGraphX also fails before writing)
-    write_mxr(plan, migraphx, ...)  per bucket: static .onnx -> migraphx.parse_onnx(path, map_input_dims)
+    import_migraphx()               (the driver, so a missing MIGraphX also fails before writing)
+    write_mxr(plan, staging, ...)   per bucket, in a child process (pagedc.mxr_child, mxr_worker):
+                                    static .onnx -> migraphx.parse_onnx(path, map_input_dims)
                                     -> [quantize_fp16] -> compile(get_target(device), offload_copy)
-                                    -> parameters checked against the lowering -> migraphx.save(msgpack)
+                                    -> migraphx.save(msgpack); the parent checks the parameters
+                                    against the lowering; a crash is an error naming bucket and step
 
 The static .onnx files go to STAGING/.lowered and are deleted after their
 program is saved; their weights are the source's data file, symlinked beside
@@ -19,7 +21,6 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING
 
 import onnx_ir as ir
@@ -27,9 +28,11 @@ import onnx_ir as ir
 from pagedc.manifest import Artifact
 from pagedc.model_file import load_model
 from pagedc.mxr_check import check_for_migraphx
+from pagedc.mxr_child import MxrChildError, Worker, run_in_child
 from pagedc.mxr_lowering import Bucket, buckets_for, lower_paged
 from pagedc.mxr_standard import lower_standard, standard_note, standard_sites
-from pagedc.runtime.mxr_program import parameter_problems, parameter_specs
+from pagedc.mxr_worker import CompileJob, compile_bucket
+from pagedc.runtime.mxr_program import parameter_problems
 
 if TYPE_CHECKING:
     from pagedc.compile import CompileOptions
@@ -112,42 +115,40 @@ def _check(lowered: list[LoweredBucket], progress: Callable[[str], None]) -> Non
     progress(f"checked {len(lowered)} lowered graph(s) for MIGraphX's ONNX parser: no problems")
 
 
-def write_mxr(plan: MxrPlan, migraphx: ModuleType, staging: Path, options: CompileOptions,
-              progress: Callable[[str], None]) -> tuple[list[Artifact], list[Artifact]]:
-    """Compile every lowered bucket into STAGING/*.mxr; returns (paged artifacts, standard artifacts)."""
+def write_mxr(plan: MxrPlan, staging: Path, options: CompileOptions, progress: Callable[[str], None],
+              worker: Worker = compile_bucket) -> tuple[list[Artifact], list[Artifact]]:
+    """Compile every lowered bucket into STAGING/*.mxr; returns (paged artifacts, standard artifacts).
+
+    Each bucket's MIGraphX steps run in a child process (pagedc.mxr_child): a crash inside MIGraphX
+    raises MxrCompileError naming the bucket, the step and the signal; STAGING/.lowered is removed
+    either way (the caller removes STAGING).
+    """
     work = staging / LOWERED_DIR
     work.mkdir()
     try:
-        paged = [_compile_bucket(migraphx, item, staging, work, options, progress) for item in plan.paged]
-        standard = [_compile_bucket(migraphx, item, staging, work, options, progress) for item in plan.standard]
+        paged = [_compile_bucket(item, staging, work, options, progress, worker) for item in plan.paged]
+        standard = [_compile_bucket(item, staging, work, options, progress, worker) for item in plan.standard]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return paged, standard
 
 
-def _compile_bucket(migraphx: ModuleType, item: LoweredBucket, staging: Path, work: Path, options: CompileOptions,
-                    progress: Callable[[str], None]) -> Artifact:
+def _compile_bucket(item: LoweredBucket, staging: Path, work: Path, options: CompileOptions,
+                    progress: Callable[[str], None], worker: Worker) -> Artifact:
     onnx_path = work / item.path.replace(".mxr", ".onnx")
     write_lowered(item.model, onnx_path)
-    progress(f"MIGraphX: parsing {onnx_path.name}")
-    program = _call(item, "parse", lambda: migraphx.parse_onnx(str(onnx_path), map_input_dims=item.shapes))
-    if options.fp16:
-        _call(item, "quantize to fp16", lambda: migraphx.quantize_fp16(program))
-    progress(f"MIGraphX: compiling {item.bucket.name} for {options.device}")
-    target = _call(item, f"get target '{options.device}'", lambda: migraphx.get_target(options.device))
-    _call(item, "compile", lambda: program.compile(target, offload_copy=options.offload_copy))
-    artifact = _artifact(item, parameter_specs(program), options.fp16)
-    _call(item, "save", lambda: migraphx.save(program, str(staging / item.path), format="msgpack"))
+    progress(f"MIGraphX: parsing {onnx_path.name}, compiling {item.bucket.name} for {options.device}"
+             + (" (fp16)" if options.fp16 else ""))
+    job = CompileJob(str(onnx_path), str(staging / item.path), item.shapes, options.device, options.fp16,
+                     options.offload_copy)
+    try:
+        specs = run_in_child(worker, job, f"{item.bucket.name} ({item.path})")
+    except MxrChildError as err:
+        raise MxrCompileError(str(err)) from None
+    artifact = _artifact(item, specs, options.fp16)
     onnx_path.unlink()
     progress(f"wrote {item.path}")
     return artifact
-
-
-def _call(item: LoweredBucket, what: str, fn: Callable):
-    try:
-        return fn()
-    except Exception as err:   # MIGraphX raises RuntimeError subclasses from C++
-        raise MxrCompileError(f"MIGraphX failed to {what} bucket {item.bucket.name} ({item.path}): {err}") from None
 
 
 def _artifact(item: LoweredBucket, specs: dict[str, tuple[list[int], str]], fp16: bool) -> Artifact:
