@@ -31,6 +31,7 @@ from pagedc.manifest import Artifact, LayerPools, Manifest
 from pagedc.model_file import load_model
 from pagedc.mxr_compile import MxrPlan, plan_mxr, write_mxr
 from pagedc.passes.paged import RewriteReport, rewrite_to_paged
+from pagedc.runtime.mxr_pools import STEP_POOLS
 from pagedc.runtime.migraphx_import import MigraphxUnavailable, import_migraphx, is_migraphx_available
 
 log = logging.getLogger(__name__)
@@ -175,9 +176,12 @@ def _mxr_manifest(source: Path, model: ir.Model, report: RewriteReport, num_bloc
                   plan: MxrPlan, artifacts: tuple[list[Artifact], list[Artifact]]) -> Manifest:
     paged, standard = artifacts
     pool = report.pools[0].inputs[0]
+    backend_options = {"offload_copy": options.offload_copy, "fp16": options.fp16, "pools": STEP_POOLS}
+    if plan.weights_note:
+        backend_options["weights"] = plan.weights_note
     return _manifest(source, model, report, num_blocks, options, backend="migraphx", target=options.device,
                      artifacts=tuple(paged), kv_dtype=paged[0].dtypes[pool], max_context=plan.max_context,
-                     backend_options={"offload_copy": options.offload_copy, "fp16": options.fp16},
+                     backend_options=backend_options,
                      standard_artifacts=tuple(standard), standard=plan.standard_note)
 
 

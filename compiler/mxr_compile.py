@@ -31,7 +31,9 @@ from pagedc.mxr_check import check_for_migraphx
 from pagedc.mxr_child import MxrChildError, Worker, run_in_child
 from pagedc.mxr_lowering import Bucket, buckets_for, lower_paged
 from pagedc.mxr_standard import lower_standard, standard_note, standard_sites
+from pagedc.mxr_weights import WEIGHTS_FILE, Weights, weight_tensors, weights_to_inputs, write_weights
 from pagedc.mxr_worker import CompileJob, compile_bucket
+from pagedc.runtime.mxr_pools import step_pool_blocks
 from pagedc.runtime.mxr_program import parameter_problems
 
 if TYPE_CHECKING:
@@ -51,6 +53,7 @@ class LoweredBucket:
     model: ir.Model                     # static: every input's dims fixed, shapes folded
     shapes: dict[str, list[int]]        # input name -> static dims (map_input_dims)
     path: str                           # artifact file, e.g. "decode_b1.mxr", "standard_decode_b1.mxr"
+    weight_names: list[str] = field(default_factory=list)   # initializers made parameters (pagedc.mxr_weights)
 
 
 @dataclass
@@ -59,6 +62,8 @@ class MxrPlan:
     paged: list[LoweredBucket]
     standard: list[LoweredBucket] = field(default_factory=list)
     standard_note: dict = field(default_factory=dict)
+    weights: Weights = field(default_factory=dict)          # name -> tensor, fed from weights.bin
+    weights_note: dict = field(default_factory=dict)        # manifest backend_options["weights"], once written
 
 
 def plan_mxr(source: Path, model: ir.Model, num_blocks: int, options: CompileOptions,
@@ -70,8 +75,10 @@ def plan_mxr(source: Path, model: ir.Model, num_blocks: int, options: CompileOpt
     progress(f"lowering {len(buckets)} bucket(s) to static shapes: {', '.join(b.name for b in buckets)} "
              f"(max_context {max_context} = {max_blocks} blocks of {options.block_size})")
     plan = MxrPlan(max_context, [])
-    for b in buckets:
-        static = lower_paged(model, b, max_blocks=max_blocks, num_blocks=num_blocks)
+    is_combined = options.layout == "combined"
+    for b in buckets:   # step pools (pagedc.runtime.mxr_pools): the bucket's blocks, not the whole pool
+        static = lower_paged(model, b, max_blocks=max_blocks,
+                             num_blocks=step_pool_blocks(b.batch, max_blocks, is_combined))
         plan.paged.append(LoweredBucket(b, static, _input_dims(static), f"{b.name}.mxr"))
     if options.emit_standard:
         dense = load_model(source)
@@ -81,6 +88,11 @@ def plan_mxr(source: Path, model: ir.Model, num_blocks: int, options: CompileOpt
             static, shapes = lower_standard(dense, sites, b, max_context)
             plan.standard.append(LoweredBucket(b, static, shapes, f"standard_{b.name}.mxr"))
         plan.standard_note = standard_note(sites, max_context)
+    plan.weights = weight_tensors(model)
+    if options.emit_standard:
+        plan.weights = weight_tensors(dense, plan.weights)
+    for item in plan.paged + plan.standard:
+        item.weight_names = weights_to_inputs(item.model, plan.weights)
     _check(plan.paged + plan.standard, progress)
     return plan
 
@@ -125,16 +137,23 @@ def write_mxr(plan: MxrPlan, staging: Path, options: CompileOptions, progress: C
     """
     work = staging / LOWERED_DIR
     work.mkdir()
+    weight_dtypes: dict[str, str] = {}     # what the programs take (quantize_fp16 may change it)
     try:
-        paged = [_compile_bucket(item, staging, work, options, progress, worker) for item in plan.paged]
-        standard = [_compile_bucket(item, staging, work, options, progress, worker) for item in plan.standard]
+        paged = [_compile_bucket(plan, item, staging, work, options, progress, worker, weight_dtypes)
+                 for item in plan.paged]
+        standard = [_compile_bucket(plan, item, staging, work, options, progress, worker, weight_dtypes)
+                    for item in plan.standard]
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    names = list(dict.fromkeys(n for item in plan.paged + plan.standard for n in item.weight_names))
+    if names:
+        plan.weights_note = write_weights(plan.weights, names, weight_dtypes, staging / WEIGHTS_FILE)
+        progress(f"wrote {WEIGHTS_FILE}: {len(names)} weight(s), taken as parameters by every program")
     return paged, standard
 
 
-def _compile_bucket(item: LoweredBucket, staging: Path, work: Path, options: CompileOptions,
-                    progress: Callable[[str], None], worker: Worker) -> Artifact:
+def _compile_bucket(plan: MxrPlan, item: LoweredBucket, staging: Path, work: Path, options: CompileOptions,
+                    progress: Callable[[str], None], worker: Worker, weight_dtypes: dict[str, str]) -> Artifact:
     onnx_path = work / item.path.replace(".mxr", ".onnx")
     write_lowered(item.model, onnx_path)
     progress(f"MIGraphX: parsing {onnx_path.name}, compiling {item.bucket.name} for {options.device}"
@@ -145,23 +164,27 @@ def _compile_bucket(item: LoweredBucket, staging: Path, work: Path, options: Com
         specs = run_in_child(worker, job, f"{item.bucket.name} ({item.path})")
     except MxrChildError as err:
         raise MxrCompileError(str(err)) from None
-    artifact = _artifact(item, specs, options.fp16)
+    weights = {name: ([int(d) for d in plan.weights[name].shape], plan.weights[name].dtype.numpy().name)
+               for name in item.weight_names}
+    artifact = _artifact(item, specs, options.fp16, weights)
+    weight_dtypes.update({name: specs[name][1] for name in item.weight_names if name in specs})
     onnx_path.unlink()
     progress(f"wrote {item.path}")
     return artifact
 
 
-def _artifact(item: LoweredBucket, specs: dict[str, tuple[list[int], str]], fp16: bool) -> Artifact:
+def _artifact(item: LoweredBucket, specs: dict[str, tuple[list[int], str]], fp16: bool,
+              weights: dict[str, tuple[list[int], str]]) -> Artifact:
     """The manifest entry: the lowering's shapes, checked against the compiled program's parameters."""
     graph = item.model.graph
     dtypes = {v.name: v.dtype.numpy().name for v in graph.inputs if v.name in item.shapes}
     artifact = Artifact(item.path, item.bucket.phase, item.shapes, dtypes, [v.name for v in graph.outputs])
-    problems = parameter_problems(specs, artifact, check_dtypes=not fp16)
+    problems = parameter_problems(specs, artifact, check_dtypes=not fp16, weights=weights)
     if problems:
         raise MxrCompileError(f"bucket {item.bucket.name}: MIGraphX's program does not take the lowered inputs: "
                               + "; ".join(problems))
     if fp16:   # quantize_fp16 decides which parameters become half; the manifest records what the program takes
-        artifact.dtypes.update({name: dtype for name, (_, dtype) in specs.items()})
+        artifact.dtypes.update({name: dtype for name, (_, dtype) in specs.items() if name in artifact.inputs})
     return artifact
 
 
