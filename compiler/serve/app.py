@@ -130,7 +130,8 @@ def _generation_params(state: ServeState, body, max_tokens: int | None) -> Gener
     top_p = body.top_p if body.top_p is not None else defaults.get("top_p", 1.0)
     top_k = body.top_k if body.top_k is not None else defaults.get("top_k", 0)
     sampling = SamplingParams(float(temperature), max(int(top_k), 0), float(top_p), body.seed)
-    stop_ids = state.text.eos_token_ids | frozenset(body.stop_token_ids or ())
+    eos_ids = frozenset() if body.ignore_eos else state.text.eos_token_ids
+    stop_ids = eos_ids | frozenset(body.stop_token_ids or ())
     return GenerationParams(max_tokens, body.n, sampling, tuple(body.stop_strings()), stop_ids)
 
 

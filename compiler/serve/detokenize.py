@@ -12,7 +12,9 @@ decode ids[p:r] (text already emitted, decoded with some left context) and
 ids[p:] (the same plus the new tokens); the new text is the difference. While
 it is empty or ends in U+FFFD (an unfinished character) nothing is emitted
 and the offsets stay, so the next token completes the character; otherwise
-p, r = r, end. The first offsets sit in the prompt's last tokens for context.
+p, r = r, end. The first offsets sit in the prompt's last tokens for context
+(a SentencePiece word keeps its leading space), unless the prompt ends
+inside a character: the output's text never takes bytes of the prompt.
 
 Stop strings: text is held back by (longest stop string - 1) characters, so a
 stop string arriving over several tokens is never partly streamed; once one
@@ -32,6 +34,8 @@ class IncrementalDetokenizer:
         """decode(ids) -> str (special tokens skipped); stop: strings that end the sample when they appear."""
         self._decode = decode
         self._ids = list(prompt_ids[-CONTEXT_TOKENS:])
+        if decode(self._ids).endswith(REPLACEMENT):   # the prompt ends inside a character: keep its bytes out
+            self._ids = []
         self._prefix_offset, self._read_offset = 0, len(self._ids)
         self._stop = [s for s in stop if s]
         self._hold = max((len(s) for s in self._stop), default=1) - 1

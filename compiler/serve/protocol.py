@@ -5,7 +5,7 @@ string where a number belongs is a 400, as on OpenAI, not coerced. Fields
 OpenAI defines that pagedc does not implement are refused when set to a
 non-default value (rather than silently ignored); unknown fields are ignored,
 as vLLM does, since client libraries send extras. Extensions (as vLLM's):
-`top_k` and `stop_token_ids`.
+`top_k`, `stop_token_ids` and `ignore_eos`.
 
     error JSON: {"error": {"message": "...", "type": "invalid_request_error", "param": "max_tokens", "code": null}}
 """
@@ -49,6 +49,7 @@ class _Sampling(BaseModel):
     seed: int | None = None
     stop: str | Annotated[list[str], Field(max_length=16)] | None = None
     stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = None   # extension
+    ignore_eos: bool = False                                          # extension: do not stop on the model's eos
     stream: bool = False
     stream_options: StreamOptions | None = None
     # OpenAI fields pagedc does not implement: refused unless left at their defaults.
