@@ -71,6 +71,10 @@ class EngineThread:
         self._thread.join()
         self._close_all(None)
 
+    def abort_all(self) -> None:
+        """End every open request now (finish_reason "abort"); the thread goes on (shutdown grace is over)."""
+        self._close_all(None)
+
     @property
     def is_alive(self) -> bool:
         return self._thread.is_alive() and not self._stopping

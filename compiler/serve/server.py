@@ -3,14 +3,17 @@
     engine = Engine.from_manifest(DIR) -> ModelText.load(DIR) -> build_app -> uvicorn.Server.run()
 
 Shutdown on SIGINT / SIGTERM (uvicorn's own handling): stop accepting, let
-in-flight requests finish for up to `shutdown_timeout` seconds, cancel the
-rest (their samples are aborted), stop the engine thread, return. uvicorn
-re-raises the signal it caught once it is done; handlers installed here
-absorb that, so the process exits 0 after a clean shutdown.
+in-flight requests finish for up to `shutdown_timeout` seconds, then abort
+the rest (their streams end with finish_reason "abort" and `[DONE]`), stop
+the engine thread, return; uvicorn's own cancel of tasks comes only
+SHUTDOWN_BACKSTOP_S later, for a handler stuck elsewhere. uvicorn re-raises
+the signal it caught once it is done; handlers installed here absorb that,
+so the process exits 0 after a clean shutdown.
 """
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 from dataclasses import dataclass
@@ -24,6 +27,8 @@ from pagedc.serve.engine_thread import EngineThread
 from pagedc.serve.generation import Limits
 from pagedc.serve.metrics import ServerMetrics
 from pagedc.serve.model_text import ModelText
+
+SHUTDOWN_BACKSTOP_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -54,8 +59,9 @@ def serve(directory: Path, options: ServeOptions, progress: Callable[[str], None
     import uvicorn
 
     config = uvicorn.Config(build_app(state), host=options.host, port=options.port, log_level=options.log_level,
-                            timeout_graceful_shutdown=options.shutdown_timeout, access_log=False)
-    server = uvicorn.Server(config)
+                            timeout_graceful_shutdown=options.shutdown_timeout + SHUTDOWN_BACKSTOP_S,
+                            access_log=False)
+    server = _server_class(uvicorn)(config, lambda: state.thread.abort_all(), options.shutdown_timeout)
     progress(f"serving {name} on http://{options.host}:{options.port}/v1 "
              f"(max_model_len {state.limits.max_model_len}; Ctrl-C to stop)")
     for sig in (signal.SIGINT, signal.SIGTERM):       # absorbs the signal uvicorn re-raises after shutdown
@@ -64,6 +70,21 @@ def serve(directory: Path, options: ServeOptions, progress: Callable[[str], None
     if not server.started:
         raise OSError(f"could not start the HTTP server on {options.host}:{options.port} (see the log above)")
     progress("stopped")
+
+
+def _server_class(uvicorn):
+    class Server(uvicorn.Server):
+        """uvicorn's server, aborting the requests still running `grace_s` after shutdown begins."""
+
+        def __init__(self, config, abort_all, grace_s: float):
+            super().__init__(config)
+            self._abort_all, self._grace_s = abort_all, grace_s
+
+        async def shutdown(self, sockets=None) -> None:
+            asyncio.get_running_loop().call_later(self._grace_s, self._abort_all)
+            await super().shutdown(sockets)
+
+    return Server
 
 
 def model_limits(engine: Engine, text: ModelText) -> Limits:

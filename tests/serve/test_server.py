@@ -175,3 +175,108 @@ def test_a_client_that_disconnects_mid_stream_frees_its_blocks(server):
         time.sleep(0.1)
     assert metrics["pagedc:kv_cache_usage_perc"] == 0 and metrics["pagedc:num_requests_running"] == 0
     assert metrics['pagedc:request_success_total{"finished_reason": "abort"}'] == aborted + 1
+
+
+# -- bad requests --------------------------------------------------------------------------------
+TOO_LONG = list(range(3, 300)) * 4           # 1188 tokens; the pool holds 1024
+BAD_REQUESTS = [
+    ("completions", b'{"model": "tiny.paged", "prompt": "hi", ', 400, None),                     # malformed JSON
+    ("completions", b'', 400, None),                                                              # no body
+    ("completions", {"model": MODEL, "prompt": "hi", "max_tokens": "ten"}, 400, "max_tokens"),   # wrong type
+    ("completions", {"model": MODEL, "prompt": "hi", "temperature": "hot"}, 400, "temperature"),
+    ("completions", {"model": MODEL, "prompt": 12}, 400, "prompt"),
+    ("completions", {"model": MODEL, "prompt": "hi", "max_tokens": -5}, 400, "max_tokens"),       # negative
+    ("completions", {"model": MODEL, "prompt": "hi", "max_tokens": 5000}, 400, "max_tokens"),     # over the limit
+    ("completions", {"model": MODEL, "prompt": TOO_LONG}, 400, "prompt"),                         # longer than the pool
+    ("completions", {"model": MODEL, "prompt": [5, 999999]}, 400, "prompt"),                      # not in the vocab
+    ("completions", {"model": MODEL, "prompt": "hi", "n": 0}, 400, "n"),
+    ("completions", {"model": MODEL, "prompt": "hi", "logprobs": 2}, 400, "logprobs"),           # not implemented
+    ("completions", {"model": "gpt-4", "prompt": "hi"}, 404, "model"),                            # unknown model
+    ("completions", {"model": MODEL}, 400, "prompt"),                                             # missing field
+    ("chat/completions", {"model": MODEL, "messages": []}, 400, "messages"),
+    ("chat/completions", {"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]}, 400, "messages.0.role"),
+    ("chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": 7}]}, 400, "messages.0.content"),
+    ("chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "x" * 3000}]}, 400, "prompt"),
+    ("chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 0},
+     400, "max_completion_tokens"),
+    ("nothing-here", {}, 404, None),
+]
+
+
+@pytest.mark.parametrize("path, body, status, param", BAD_REQUESTS)
+def test_a_bad_request_gets_its_status_and_error_json_and_the_next_one_succeeds(server, client, path, body,
+                                                                               status, param):
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    response = httpx.post(f"{server.url}/v1/{path}", content=content, headers={"Content-Type": "application/json"})
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["message"] and error["type"] == "invalid_request_error" and error["param"] == param
+    assert client.completions.create(model=MODEL, prompt="ok", max_tokens=3).choices[0].finish_reason
+
+
+def test_the_openai_client_raises_its_own_errors(client):
+    with pytest.raises(openai.NotFoundError, match="does not exist"):
+        client.completions.create(model="gpt-4", prompt="hi")
+    with pytest.raises(openai.BadRequestError, match="maximum context length is 1024"):
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4096)
+
+
+def test_models_health_and_metrics(server, client):
+    assert [m.id for m in client.models.list().data] == [MODEL]
+    assert httpx.get(f"{server.url}/health").status_code == 200
+    response = httpx.get(f"{server.url}/metrics")
+    assert response.headers["content-type"].startswith("text/plain")
+    names = {f.name for f in text_string_to_metric_families(response.text)}
+    assert {"pagedc:num_requests_running", "pagedc:num_requests_waiting", "pagedc:kv_cache_usage_perc",
+            "pagedc:prefix_cache_hit_rate", "pagedc:num_preemptions", "pagedc:prompt_tokens",
+            "pagedc:generation_tokens", "pagedc:time_to_first_token_seconds",
+            "pagedc:inter_token_latency_seconds"} <= names
+    metrics = _metrics(server)
+    assert metrics["pagedc:prompt_tokens_total"] > 0 and metrics["pagedc:generation_tokens_total"] > 0
+    assert metrics["pagedc:time_to_first_token_seconds_count"] > 0
+
+
+# -- servers of their own: --api-key, a model without a chat template, signals --------------------
+def test_api_key_401_without_or_with_a_wrong_key_200_with_it_and_sigint_exits_0(served_model):
+    server = ServerProcess(served_model, "--api-key", "s3cret", "--served-model-name", "tiny")
+    try:
+        for key in ("wrong", None):
+            headers = {"Authorization": f"Bearer {key}"} if key else {}
+            response = httpx.get(f"{server.url}/v1/models", headers=headers)
+            assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key"
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"{server.url}/v1", api_key="wrong", max_retries=0).models.list()
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="s3cret", max_retries=0)
+        assert client.completions.create(model="tiny", prompt="hi", max_tokens=2).choices[0].text is not None
+        assert httpx.get(f"{server.url}/health").status_code == 200          # open, as in vLLM
+        stream = client.completions.create(model="tiny", prompt="hi", max_tokens=200, stream=True,
+                                           extra_body={"ignore_eos": True})
+        next(iter(stream))
+        assert server.stop(signal.SIGINT) == 0, server.output()
+        chunks = list(stream)                 # in-flight requests finish before the server exits
+        assert chunks[-1].choices[0].finish_reason == "length"
+    finally:
+        server.kill()
+
+
+def test_without_a_chat_template_chat_is_400_completions_work_and_sigterm_exits_0(served_model, tmp_path):
+    plain = tmp_path / "plain"
+    shutil.copytree(served_model, plain)
+    config = json.loads((plain / "tokenizer_config.json").read_text())
+    del config["chat_template"]
+    (plain / "tokenizer_config.json").write_text(json.dumps(config))
+    server = ServerProcess(plain, "--shutdown-timeout", "0.2")
+    try:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+        with pytest.raises(openai.BadRequestError, match="no chat template"):
+            client.chat.completions.create(model="plain", messages=[{"role": "user", "content": "hi"}])
+        assert client.completions.create(model="plain", prompt="hi", max_tokens=2).choices[0].text is not None
+        stream = client.completions.create(model="plain", prompt="hi", max_tokens=1000, stream=True,
+                                           extra_body={"ignore_eos": True})
+        next(iter(stream))
+        assert server.stop(signal.SIGTERM) == 0, server.output()
+        chunks = list(stream)                 # it outlived --shutdown-timeout: aborted, the stream still closed
+        assert chunks[-1].choices[0].finish_reason == "abort"
+        assert "Traceback" not in server.output() and "ERROR" not in server.output()
+    finally:
+        server.kill()
