@@ -9,6 +9,8 @@ import click
 from pagedc.errors import PagedcError
 from pagedc.manifest import ManifestError
 from pagedc.runtime import EngineOptions
+from pagedc.runtime.migraphx_import import MigraphxUnavailable
+from pagedc.runtime.mxr_program import MxrProgramError
 
 
 @click.command("serve")
@@ -53,5 +55,5 @@ def serve_command(model: Path, host, port, api_key, served_model_name, max_num_s
                            chat_template, shutdown_timeout)
     try:
         serve(model, options, lambda message: click.echo(f"pagedc serve: {message}", err=True))
-    except (PagedcError, ManifestError, OSError, ValueError) as err:
+    except (PagedcError, ManifestError, MigraphxUnavailable, MxrProgramError, OSError, ValueError) as err:
         raise click.ClickException(str(err)) from None

@@ -71,6 +71,11 @@ def build_app(state: ServeState) -> FastAPI:
     async def models():
         return {"object": "list", "data": [_model_card(state)]}
 
+    _add_generation_routes(app, state, guard)
+    return app
+
+
+def _add_generation_routes(app: FastAPI, state: ServeState, guard: list) -> None:
     @app.post("/v1/completions", dependencies=guard)
     async def completions(request: Request):
         body = parse(CompletionRequest, await request.body())
@@ -88,8 +93,6 @@ def build_app(state: ServeState) -> FastAPI:
         prompt = state.text.chat_template.render([m.for_template() for m in body.messages])
         prompts = [state.text.encode(prompt, add_special_tokens=False)]
         return await _respond(request, state, body, "chat", prompts, body.max_new_tokens)
-
-    return app
 
 
 async def _respond(request: Request, state: ServeState, body, kind: str, prompts: list[list[int]],
