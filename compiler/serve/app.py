@@ -101,9 +101,27 @@ async def _respond(request: Request, state: ServeState, body, kind: str, prompts
     generation = Generation.start(state.thread, state.text.decode, prompts, params, state.limits)
     writer = ResponseWriter(kind, state.model_name, bool(body.stream_options and body.stream_options.include_usage))
     if body.stream:
-        return StreamingResponse(writer.stream(generation), media_type="text/event-stream",
+        return _GenerationStream(generation, writer.stream(generation), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
-    return JSONResponse(await _unless_disconnected(request, writer.collect(generation)))
+    try:
+        return JSONResponse(await _unless_disconnected(request, writer.collect(generation)))
+    finally:
+        generation.abort()
+
+
+class _GenerationStream(StreamingResponse):
+    """A stream that aborts its samples however it ends, even when the client left before the first chunk
+    (the body's generator then never starts, so its own `finally` never runs)."""
+
+    def __init__(self, generation: Generation, content, **kwargs):
+        super().__init__(content, **kwargs)
+        self._generation = generation
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._generation.abort()
 
 
 async def _unless_disconnected(request: Request, work):

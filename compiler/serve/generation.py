@@ -95,7 +95,11 @@ class Generation:
                 if deltas:
                     yield deltas
         finally:
-            self.thread.abort([c.request_id for c in self.choices if c.finish_reason is None])
+            self.abort()
+
+    def abort(self) -> None:
+        """Abort every sample not finished yet (idempotent; finished ones are already gone from the engine)."""
+        self.thread.abort([c.request_id for c in self.choices if c.finish_reason is None])
 
     def _apply(self, output: Output) -> Delta:
         choice = self.choices[output.choice]

@@ -177,6 +177,18 @@ def test_a_client_that_disconnects_mid_stream_frees_its_blocks(server):
     assert metrics['pagedc:request_success_total{"finished_reason": "abort"}'] == aborted + 1
 
 
+
+def test_a_client_that_gives_up_on_a_whole_response_frees_its_blocks(server):
+    body = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 900, "temperature": 0, "ignore_eos": True}
+    aborted = _metrics(server).get('pagedc:request_success_total{"finished_reason": "abort"}', 0)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server.url}/v1/completions", json=body, timeout=httpx.Timeout(5, read=0.3))
+    deadline = time.monotonic() + 15
+    while (metrics := _metrics(server))["pagedc:kv_cache_usage_perc"] > 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert metrics["pagedc:kv_cache_usage_perc"] == 0 and metrics["pagedc:num_requests_running"] == 0
+    assert metrics['pagedc:request_success_total{"finished_reason": "abort"}'] == aborted + 1
+
 # -- bad requests --------------------------------------------------------------------------------
 TOO_LONG = list(range(3, 300)) * 4           # 1188 tokens; the pool holds 1024
 BAD_REQUESTS = [
