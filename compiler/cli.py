@@ -16,6 +16,7 @@ from pagedc.bench_cmd import bench_command
 from pagedc.compile_cmd import compile_command
 from pagedc.generate_cmd import generate_command
 from pagedc.inspect_cmd import inspect_command
+from pagedc.serve_cmd import serve_command
 from pagedc.verify_cmd import verify_command
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -35,6 +36,7 @@ def main(verbose: bool) -> None:
       pagedc generate model.paged --prompt-ids 1,2,3 --max-new-tokens 32
       pagedc verify model.paged model.onnx   # paged vs dense logits, step by step
       pagedc bench model.paged model.onnx    # prefill and decode times, side by side
+      pagedc serve model.paged            # OpenAI-compatible HTTP server on 127.0.0.1:8000
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="pagedc: %(message)s")
 
@@ -44,3 +46,4 @@ main.add_command(compile_command)
 main.add_command(generate_command)
 main.add_command(verify_command)
 main.add_command(bench_command)
+main.add_command(serve_command)

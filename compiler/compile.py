@@ -37,7 +37,9 @@ from pagedc.runtime.migraphx_import import MigraphxUnavailable, import_migraphx,
 log = logging.getLogger(__name__)
 MODEL_FILE = "model.onnx"
 DEFAULT_KV_MEMORY = 256 * 2**20
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "genai_config.json")
+# What `pagedc generate --prompt` and `pagedc serve` read beside the artifacts (tokenizer, chat template, eos ids).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "generation_config.json", "genai_config.json")
 TARGETS = ("auto", "mxr", "onnx")
 DEVICES = ("gpu", "ref", "cpu")
 
@@ -122,7 +124,7 @@ def _import_migraphx():
 
 
 def _copy_tokenizer(source_dir: Path, staging: Path, progress: Callable[[str], None]) -> None:
-    """`pagedc generate --prompt` reads tokenizer.json from the output; bring the source's along."""
+    """`pagedc generate --prompt` and `pagedc serve` read these from the output; bring the source's along."""
     for name in TOKENIZER_FILES:
         if (source_dir / name).is_file():
             shutil.copy2(source_dir / name, staging / name)
