@@ -88,13 +88,24 @@ def plan_mxr(source: Path, model: ir.Model, num_blocks: int, options: CompileOpt
             static, shapes = lower_standard(dense, sites, b, max_context)
             plan.standard.append(LoweredBucket(b, static, shapes, f"standard_{b.name}.mxr"))
         plan.standard_note = standard_note(sites, max_context)
-    plan.weights = weight_tensors(model)
-    if options.emit_standard:
-        plan.weights = weight_tensors(dense, plan.weights)
-    for item in plan.paged + plan.standard:
-        item.weight_names = weights_to_inputs(item.model, plan.weights)
+    if shares_weights(options):
+        plan.weights = weight_tensors(model)
+        if options.emit_standard:
+            plan.weights = weight_tensors(dense, plan.weights)
+        for item in plan.paged + plan.standard:
+            item.weight_names = weights_to_inputs(item.model, plan.weights)
     _check(plan.paged + plan.standard, progress)
     return plan
+
+
+def shares_weights(options: CompileOptions) -> bool:
+    """Whether the programs take the weights as parameters from one weights.bin (pagedc.mxr_weights).
+
+    NOTE: not for --device gpu with offload_copy (the default there): an offload_copy program copies
+    every parameter to the device on every run, so shared weights would cross the bus each step;
+    embedded, they are uploaded once with the program. The ref and cpu targets read host memory.
+    """
+    return options.device != "gpu" or not options.offload_copy
 
 
 def resolve_max_context(options: CompileOptions, num_blocks: int) -> int:

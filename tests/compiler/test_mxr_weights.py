@@ -75,3 +75,20 @@ def test_a_weight_name_holding_another_tensor_stays_embedded():
     model = ir.Model(graph, ir_version=10)
     other = {"w": ir.tensor(np.zeros((64, 32), np.float32))}
     assert weights_to_inputs(model, other) == [] and "w" in model.graph.initializers
+
+
+@pytest.mark.parametrize("device,offload_copy,is_shared", [("ref", True, True), ("cpu", True, True),
+                                                          ("gpu", True, False), ("gpu", False, True)])
+def test_weights_are_shared_except_where_offload_copy_would_upload_them_every_step(dense_model, device,
+                                                                                 offload_copy, is_shared):
+    from pagedc.compile import CompileOptions
+    from pagedc.mxr_compile import plan_mxr
+    source = dense_model("gqa")
+    model, _ = rewrite_to_paged(load_model(source), block_size=4)
+    options = CompileOptions(target="mxr", device=device, offload_copy=offload_copy, block_size=4, num_blocks=32,
+                             prefill_lens=(8,), batches=(1,), max_context=16, emit_standard=True)
+    plan = plan_mxr(source, model, 32, options, progress=lambda _: None)
+    names = [item.weight_names for item in plan.paged + plan.standard]
+    assert all(names) if is_shared else not any(names)
+    if is_shared:   # the dense model's weights are the paged model's: one entry each
+        assert set(names[0]) == set(names[-1]) and "model.embed_tokens.weight" in names[-1]
