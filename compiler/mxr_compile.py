@@ -93,7 +93,7 @@ def plan_mxr(source: Path, model: ir.Model, num_blocks: int, options: CompileOpt
         if options.emit_standard:
             plan.weights = weight_tensors(dense, plan.weights)
         for item in plan.paged + plan.standard:
-            item.weight_names = weights_to_inputs(item.model, plan.weights)
+            item.weight_names = weights_to_inputs(item.model, plan.weights, half=options.fp16)
     _check(plan.paged + plan.standard, progress)
     return plan
 

@@ -41,18 +41,37 @@ def weight_tensors(model: ir.Model, known: Weights | None = None) -> Weights:
     return weights
 
 
-def weights_to_inputs(model: ir.Model, weights: Weights) -> list[str]:
-    """Turn the lowered model's initializers that are `weights` into graph inputs; returns their names."""
+def weights_to_inputs(model: ir.Model, weights: Weights, half: bool = False) -> list[str]:
+    """Turn the lowered model's initializers that are `weights` into graph inputs; returns their names.
+
+    half (--fp16): float32 weights become float16 inputs, each followed by a Cast to float32, so the
+    program takes (and weights.bin holds) half weights; quantize_fp16 then computes in half. Without
+    it, a float32 parameter would be converted to half on every run.
+    """
     moved = []
     for name, value in list(model.graph.initializers.items()):
         if name in weights and _same(value.const_value, weights[name]):
             model.graph.initializers.pop(name)
             value.const_value = None
             value.shape, value.dtype = ir.Shape(weights[name].shape), weights[name].dtype
+            if half and value.dtype == ir.DataType.FLOAT:
+                _cast_after(model.graph, value)
             if value not in model.graph.inputs:
                 model.graph.inputs.append(value)
             moved.append(name)
     return moved
+
+
+def _cast_after(graph: ir.Graph, value: ir.Value) -> None:
+    """value becomes float16; its consumers read Cast(value, to=float32)."""
+    uses = list(value.uses())
+    cast = ir.node("Cast", [value], attributes={"to": ir.DataType.FLOAT}, name=f"{value.name}_to_float")
+    cast.outputs[0].name = f"{value.name}_float"
+    cast.outputs[0].shape, cast.outputs[0].dtype = value.shape, ir.DataType.FLOAT
+    for node, index in uses:
+        node.replace_input_with(index, cast.outputs[0])
+    value.dtype = ir.DataType.FLOAT16
+    graph.insert_before(next(iter(graph)), [cast])
 
 
 def _same(a: ir.TensorProtocol | None, b: ir.TensorProtocol) -> bool:

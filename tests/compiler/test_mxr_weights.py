@@ -92,3 +92,27 @@ def test_weights_are_shared_except_where_offload_copy_would_upload_them_every_st
     assert all(names) if is_shared else not any(names)
     if is_shared:   # the dense model's weights are the paged model's: one entry each
         assert set(names[0]) == set(names[-1]) and "model.embed_tokens.weight" in names[-1]
+
+
+def test_fp16_weights_are_half_inputs_cast_to_float_and_compute_the_same(dense_model, tmp_path):
+    from pagedc.mxr_compile import write_lowered
+    from pagedc.runtime.feeds import SequenceStep, step_feeds
+    from tests.paged_harness import session
+    model, [full, half] = _lowered(dense_model, [Bucket("prefill", 1, 8), Bucket("prefill", 1, 8)])
+    weights = weight_tensors(model)
+    logits = []
+    for name, static, is_half in (("full", full, False), ("half", half, True)):
+        names = weights_to_inputs(static, weights, half=is_half)
+        dtypes = {v.name: v.dtype.numpy().name for v in static.graph.inputs if v.name in names}
+        assert set(dtypes.values()) == ({"float16"} if is_half else {"float32"})
+        note = write_weights(weights, names, dtypes, tmp_path / f"{name}.bin")
+        arrays = ProgramWeights(tmp_path / f"{name}.bin", note["tensors"]).arrays
+        write_lowered(static, tmp_path / f"{name}.onnx", copy_weights=True)
+        feeds = step_feeds([SequenceStep([3, 1, 5, 2], list(range(8)))], 4)     # MB 4 columns, 9 blocks
+        feeds["input_ids"] = np.arange(1, 9, dtype=np.int64)[None]
+        pools = {v.name: np.zeros([int(d) for d in v.shape], np.float32) for v in static.graph.inputs
+                 if "cache" in v.name}
+        logits.append(session(tmp_path / f"{name}.onnx").run(["logits"], {**feeds, **pools, **arrays})[0])
+    assert (tmp_path / "half.bin").stat().st_size < 0.6 * (tmp_path / "full.bin").stat().st_size
+    np.testing.assert_allclose(logits[1], logits[0], atol=2e-2, rtol=0)
+    assert not np.array_equal(logits[1], logits[0])        # the weights really were rounded to half
