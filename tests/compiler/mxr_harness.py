@@ -57,20 +57,21 @@ def _lower_all(models: dict[str, tuple], weights, out_dir: Path) -> tuple[list[A
 
 
 def static_paged_session(dense: Path, out_dir: Path, buckets: list[Bucket], *, layout: str, block_size: int,
-                         num_blocks: int, max_context: int) -> BucketedPagedSession:
+                         num_blocks: int, max_context: int, step_pools: bool = True) -> BucketedPagedSession:
+    """step_pools=False: programs over the whole pool, as pagedc compiled them before step pools."""
     model, report = rewrite_to_paged(load_model(dense), block_size=block_size, layout=layout)
     max_blocks = math.ceil(max_context / block_size)
     is_combined = layout == "combined"
-    lowered = {f"{b.name}.onnx": (lower_paged(model, b, max_blocks=max_blocks,
-                                              num_blocks=step_pool_blocks(b.batch, max_blocks, is_combined)), b)
-               for b in buckets}
+    lowered = {f"{b.name}.onnx": (lower_paged(model, b, max_blocks=max_blocks, num_blocks=step_pool_blocks(
+        b.batch, max_blocks, is_combined) if step_pools else num_blocks), b) for b in buckets}
     artifacts, note = _lower_all(lowered, weight_tensors(model), out_dir)
     manifest = Manifest(
         backend="migraphx", target="ort-test", source_model=dense.name, source_sha256="", num_layers=report.num_layers,
         num_heads=report.num_heads, num_kv_heads=report.num_kv_heads, head_dim=report.head_dim, kv_dtype="float32",
         block_size=block_size, num_blocks=num_blocks, layout=layout,
         pools=tuple(LayerPools(p.layer, tuple(p.inputs), tuple(p.outputs)) for p in report.pools),
-        artifacts=tuple(artifacts), max_context=max_context, backend_options={"pools": STEP_POOLS, "weights": note})
+        artifacts=tuple(artifacts), max_context=max_context,
+        backend_options={"weights": note, **({"pools": STEP_POOLS} if step_pools else {})})
     weights = ProgramWeights.of(manifest, out_dir)
     runners = {a.path: ort_runner(out_dir / a.path, a.outputs, weights) for a in artifacts}
     return BucketedPagedSession(manifest, runners)
