@@ -68,3 +68,20 @@ def test_generate_on_mxr_gives_the_onnx_runtime_tokens(dense_model, tmp_path):
         # the second round finds the prompts' full blocks in the prefix cache
         tokens[name] = [engine.generate(PROMPTS, max_new_tokens=6) for _ in range(2)]
     assert tokens["mxr"] == tokens["ort"] and tokens["mxr"][0] == tokens["mxr"][1]
+
+
+def test_forked_samples_on_mxr_copy_on_write_and_match_onnx_runtime(dense_model, tmp_path):
+    from pagedc.runtime.sampling import SamplingParams
+    source = dense_model("gqa")
+    _compile(source, tmp_path / "mxr", emit_standard=False, max_context=32)
+    compile_model(source, tmp_path / "ort", CompileOptions(target="onnx", block_size=4, num_blocks=48),
+                  progress=lambda _: None)
+    prompt, samples = PROMPTS[1] + [7], {}        # 9 tokens: the last block is partial, so samples copy it
+    for name in ("mxr", "ort"):
+        engine = Engine(Manifest.read(tmp_path / name), tmp_path / name)
+        first = engine.add_request(prompt, 6, SamplingParams(temperature=1.0, top_k=20, seed=3), n=3)
+        while engine.has_unfinished():
+            engine.step()
+        assert engine.manager.stats()["cow_copies"] == 2
+        samples[name] = [engine.requests[first + k].output for k in range(3)]
+    assert samples["mxr"] == samples["ort"] and len({tuple(s) for s in samples["mxr"]}) > 1
