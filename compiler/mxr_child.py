@@ -1,6 +1,6 @@
 """MIGraphX's compile steps run in a child process, so a native crash is an error and not a dead compile.
 
-    parent                                   child (multiprocessing "spawn", core dumps off)
+    parent                                   child (`python -m pagedc.mxr_child`, core dumps off)
     ------                                   -----
     run_in_child(job, bucket)   ─job──▶       worker(job, report):
                                 ◀─"step"──      report("parse")    migraphx.parse_onnx(...)
@@ -14,15 +14,20 @@ MIGraphX f729a52 `quantize_fp16` of an Optimum Llama dies in glibc with
 `free(): invalid next size (fast)`). In-process that kills pagedc before it can
 remove its staging directory; in a child the parent sees the exit signal,
 names the step the child last reported, and cleans up. The worker is a
-module-level function (spawn pickles it by name), so tests can pass one that
-really dies by a signal.
+module-level function (pickled by name), so tests can pass one that really
+dies by a signal. A fresh interpreter (not multiprocessing's spawn, which
+re-runs the caller's unguarded `__main__` code, nor fork, which copies
+ONNX Runtime's threads) runs it, with the parent's sys.path.
 """
 
 from __future__ import annotations
 
-import multiprocessing
+import os
+import pickle
 import resource
 import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -39,31 +44,32 @@ class MxrChildCrash(MxrChildError):
 
 
 def run_in_child(worker: Worker, job: Any, bucket: str) -> Any:
-    """worker(job, report) in a spawned child; its result, or MxrChildError / MxrChildCrash naming `bucket`."""
-    context = multiprocessing.get_context("spawn")
-    receive, send = context.Pipe(duplex=False)
-    child = context.Process(target=_child_main, args=(worker, job, send), name=f"pagedc-migraphx-{bucket}",
-                            daemon=True)
-    child.start()
-    send.close()     # the parent keeps only the reading end: EOF when the child is gone
+    """worker(job, report) in a child process; its result, or MxrChildError / MxrChildCrash naming `bucket`."""
+    receive, send = os.pipe()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}   # what the parent imports
+    child = subprocess.Popen([sys.executable, "-m", "pagedc.mxr_child", str(send)], stdin=subprocess.PIPE,
+                             pass_fds=(send,), env=env)
+    os.close(send)     # the parent keeps only the reading end: EOF when the child is gone
     step, outcome = "start", None
     try:
-        while outcome is None:
-            try:
-                kind, *payload = receive.recv()
-            except EOFError:
-                break
-            if kind == "step":
-                step = payload[0]
-            else:
-                outcome = (kind, payload)
-        child.join()
+        child.stdin.write(pickle.dumps((worker, job)))
+        child.stdin.close()
+        with os.fdopen(receive, "rb") as messages:
+            while outcome is None:
+                try:
+                    kind, *payload = pickle.load(messages)
+                except EOFError:
+                    break
+                if kind == "step":
+                    step = payload[0]
+                else:
+                    outcome = (kind, payload)
+        child.wait()
     finally:
-        receive.close()
-        if child.is_alive():     # interrupted (Ctrl-C) while the child worked
+        if child.poll() is None:     # interrupted (Ctrl-C) while the child worked
             child.kill()
-            child.join()
-    return _result(outcome, child.exitcode, step, bucket)
+            child.wait()
+    return _result(outcome, child.returncode, step, bucket)
 
 
 def _result(outcome: tuple[str, list] | None, exitcode: int | None, step: str, bucket: str) -> Any:
@@ -87,14 +93,21 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-def _child_main(worker: Worker, job: Any, send) -> None:
-    """In the child: no core file, report steps, send the result or the error message."""
+def _child_main(send_fd: int) -> None:
+    """In the child: no core file; read (worker, job) from stdin, report steps, send the result or the error."""
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    try:
-        result = worker(job, lambda step: send.send(("step", step)))
-    except Exception as err:   # MIGraphX raises RuntimeError subclasses from C++
-        send.send(("error", str(err)))
-    else:
-        send.send(("done", result))
-    finally:
-        send.close()
+    worker, job = pickle.load(sys.stdin.buffer)
+    with os.fdopen(send_fd, "wb") as messages:
+        def send(message: tuple) -> None:
+            pickle.dump(message, messages)
+            messages.flush()
+        try:
+            result = worker(job, lambda step: send(("step", step)))
+        except Exception as err:   # MIGraphX raises RuntimeError subclasses from C++
+            send(("error", str(err)))
+        else:
+            send(("done", result))
+
+
+if __name__ == "__main__":
+    _child_main(int(sys.argv[1]))

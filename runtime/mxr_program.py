@@ -6,9 +6,9 @@ time, with the artifact and parameter named, not as a failure inside run().
 
 Python API used (ROCm/AMDMIGraphX src/py/migraphx_py.cpp): `migraphx.load(path,
 format="msgpack")`, `program.get_parameter_shapes()` -> {name: shape} with
-`shape.lens()` and `shape.type_string()` ("float_type" …), `migraphx.argument(buffer)`
-(wraps the buffer's memory, no copy), `program.run({name: argument})` -> list
-of arguments in the graph's output order (buffer protocol: `np.asarray` views them).
+`shape.lens()` and `shape.type_string()` ("float_type" …), `program.run({name:
+buffer})` (wraps each buffer's memory, no copy) -> list of arguments in the
+graph's output order (buffer protocol: `np.asarray` views them).
 """
 
 from __future__ import annotations
@@ -87,14 +87,30 @@ def load_program(migraphx: ModuleType, path: Path, artifact: Artifact, weights: 
 def program_runner(migraphx: ModuleType, program, weights: ProgramWeights | None = None) -> RunFn:
     """run(inputs) -> outputs as NumPy views of MIGraphX's result buffers, in the program's output order.
 
-    The program's weight parameters are wrapped once, over the shared memory map of weights.bin."""
+    NOTE: `program.run` takes any buffer and wraps its memory without a copy or a reference
+    (migraphx.argument(buffer) keeps only the pointer), so every array fed must stay alive until
+    run returns: the dict passed holds them, and the closure holds the weights' memory map
+    (a wrapped view of it, once freed, made run() read unmapped memory: SIGSEGV).
+    """
     names = parameter_specs(program).keys()
-    fixed = {name: migraphx.argument(array) for name, array in (weights.arrays.items() if weights else ())
-             if name in names}
+    fixed = {name: array for name, array in (weights.arrays.items() if weights else ()) if name in names}
 
     def run(inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-        # migraphx.argument wraps each array's memory (no copy); the arrays outlive the call.
-        arguments = {name: migraphx.argument(np.ascontiguousarray(array)) for name, array in inputs.items()}
-        return [np.asarray(result) for result in program.run({**fixed, **arguments})]
+        feeds = {**fixed, **{name: np.ascontiguousarray(array) for name, array in inputs.items()}}
+        return [_owned(np.asarray(result), feeds) for result in program.run(feeds)]
 
     return run
+
+
+def _owned(result: np.ndarray, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    """A result that keeps its memory alive: the fed array itself where the result *is* a fed buffer.
+
+    NOTE: MIGraphX may return an input's memory as an output (GroupQueryAttention's present_key is
+    its past_key buffer, updated in place). The returned argument does not own that memory, so a
+    view of it dies with the fed array: a caller that kept only the output read freed memory.
+    """
+    for fed in feeds.values():
+        if np.may_share_memory(result, fed):
+            same = result.shape == fed.shape and result.ctypes.data == fed.ctypes.data and result.dtype == fed.dtype
+            return fed if same else result.copy()
+    return result
