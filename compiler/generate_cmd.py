@@ -7,10 +7,7 @@ from pathlib import Path
 
 import click
 
-from pagedc.manifest import ManifestError
 from pagedc.runtime import Engine, SamplingParams
-from pagedc.runtime.migraphx_import import MigraphxUnavailable
-from pagedc.runtime.mxr_program import MxrProgramError
 
 
 def _token_ids(ctx, param, values):
@@ -55,13 +52,9 @@ def generate_command(model: Path, prompt_ids, prompts_text, max_new_tokens, temp
     prompts = list(prompt_ids) + [tokenizer.encode(text).ids for text in prompts_text]
     if not prompts:
         raise click.UsageError("give at least one --prompt-ids or --prompt")
-    try:
-        engine = Engine.from_manifest(model)
-        sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-        stream = engine.stream(prompts, max_new_tokens, sampling, stop_ids)
-        _print_stream(stream, len(prompts), tokenizer)
-    except (ManifestError, MigraphxUnavailable, MxrProgramError, ValueError) as err:
-        raise click.ClickException(str(err)) from None
+    engine = Engine.from_manifest(model)
+    sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    _print_stream(engine.stream(prompts, max_new_tokens, sampling, stop_ids), len(prompts), tokenizer)
     if show_stats:
         figures = {**engine.manager.stats(), **engine.metrics()}
         click.echo(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}), err=True)
