@@ -16,7 +16,6 @@ Targets (one explicit branch where they differ):
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ import onnx_ir as ir
 from pagedc.errors import RequestError
 from pagedc.manifest import Artifact, LayerPools, Manifest
 from pagedc.max_position import max_position
-from pagedc.model_file import external_data_files, load_model
+from pagedc.model_file import external_data_files, file_sha256, load_model
 from pagedc.mxr_compile import MxrPlan, plan_mxr, write_mxr
 from pagedc.output_dir import OutputError, check_output, commit, make_staging
 from pagedc.passes.paged import RewriteReport, rewrite_to_paged
@@ -69,7 +68,6 @@ def compile_model(source: Path, out_dir: Path, options: CompileOptions,
                   progress: Callable[[str], None] = log.info) -> Manifest:
     source, out_dir = Path(source), Path(out_dir)
     target = resolve_target(options, progress)
-    check_output(out_dir, source, [], options.overwrite)
     progress(f"loading {source} (graph only; weights stay on disk)")
     model = load_model(source)
     check_output(out_dir, source, external_data_files(model, source), options.overwrite)
@@ -161,7 +159,7 @@ def _manifest(source: Path, model: ir.Model, report: RewriteReport, num_blocks: 
     logits = next((v for v in model.graph.outputs if v.name == "logits"), None)
     vocab = logits.shape[-1] if logits is not None and logits.shape is not None else None
     fields = dict(
-        backend="onnxruntime", target="cpu", source_model=source.name, source_sha256=_sha256(source),
+        backend="onnxruntime", target="cpu", source_model=source.name, source_sha256=file_sha256(source),
         num_layers=report.num_layers, num_heads=report.num_heads, num_kv_heads=report.num_kv_heads,
         head_dim=report.head_dim, kv_dtype=ir.DataType[report.kv_dtype.upper()].numpy().name,
         block_size=options.block_size, num_blocks=num_blocks, layout=options.layout,
@@ -195,11 +193,3 @@ def _abi_note(layout: str) -> dict:
         "position_ids": "[batch, seq] int64: absolute position of each new token",
         "visible": "key j is visible to the query at position p iff j <= p and j < context_lens[b]",
     }
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

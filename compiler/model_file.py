@@ -6,6 +6,7 @@ multi-GB model reads only its graph.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import onnx
@@ -70,3 +71,12 @@ def _external_tensors(model: ir.Model):
         for attr in node.attributes.values():
             if isinstance(attr.value, ir.ExternalTensor):
                 yield attr.value
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of the file (the manifest's source_sha256: graph and inline tensors, not external data)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

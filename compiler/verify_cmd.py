@@ -57,4 +57,8 @@ def _table(report: VerifyReport) -> str:
     total = sum(s.num_sequences for s in report.steps)
     verdict = "PASS" if report.passed else "FAIL"
     lines.append(f"{verdict} at tier {report.tier}; greedy tokens agree {agree}/{total}")
+    if report.source_matches is False:
+        lines.append(f"note: the manifest's source hash does not match {report.standard}: the paged model was "
+                     "compiled from another file" + ("; a FAIL is expected if it is another model" if not report.passed
+                                                     else ""))
     return "\n".join(lines)

@@ -46,7 +46,7 @@ def _input_problems(manifest: Manifest, artifact: Artifact, inputs: dict) -> lis
         dims = inputs[name].shape
         expected = list(manifest.pool_shape())
         if len(dims) != len(expected) or any(isinstance(d, int) and d != e for d, e in zip(dims, expected)):
-            shown = [d if isinstance(d, int) else "?" for d in dims]
+            shown = "[" + ", ".join(str(d) if isinstance(d, int) else "?" for d in dims) + "]"
             problems.append(f"pool input '{name}' has dims {shown}, the manifest's pool shape is {expected} "
                             "(num_blocks, num_kv_heads, block_size, head_dim)")
     table = inputs.get("block_table")
