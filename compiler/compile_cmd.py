@@ -56,7 +56,8 @@ class ByteSize(click.ParamType):
               help="MIGraphX programs take and return host buffers (mxr; pagedc's runtime needs it).")
 @click.option("--emit-standard", is_flag=True,
               help="Also compile the dense model at the same buckets into standard_*.mxr, for verify (mxr).")
-@click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
+@click.option("--force", is_flag=True, help="Replace OUT if it is an earlier compile output (or empty). "
+              "Never the source model, its directory or its weights.")
 def compile_command(model: Path, out_dir: Path | None, force: bool, **settings) -> None:
     """Rewrite MODEL's attention to paged attention and compile it with a manifest.
 

@@ -102,7 +102,8 @@ class Engine:
         """
         with self._lock:
             if not is_int(request_id) or not 0 <= request_id < self._next_id:
-                raise KeyError(f"unknown request id {request_id!r}: add_request() has returned ids 0..{self._next_id - 1}")
+                issued = f"ids 0..{self._next_id - 1}" if self._next_id else "no ids yet"
+                raise KeyError(f"unknown request id {request_id!r}: add_request() has returned {issued}")
             self._aborts.add(int(request_id))
 
     def has_unfinished(self) -> bool:
