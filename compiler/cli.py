@@ -1,8 +1,10 @@
 """The `pagedc` command line.
 
 Exit codes: 0 ok, 1 failure (a model pagedc cannot handle, a failed check),
-2 usage (bad options, missing files). Results go to stdout, progress and
-diagnostics to stderr; user mistakes never show a traceback.
+2 usage (bad options, missing files), 130 interrupted (Ctrl-C). Results go to
+stdout, progress and diagnostics to stderr; user mistakes never show a traceback:
+every `PagedcError` becomes one `Error: ...` line and exit 1, here and nowhere
+else. Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import click
 from pagedc import __version__
 from pagedc.bench_cmd import bench_command
 from pagedc.compile_cmd import compile_command
+from pagedc.entry import EXIT_INTERRUPTED
+from pagedc.errors import PagedcError
 from pagedc.generate_cmd import generate_command
 from pagedc.inspect_cmd import inspect_command
 from pagedc.serve_cmd import serve_command
@@ -22,7 +26,20 @@ from pagedc.verify_cmd import verify_command
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-@click.group(context_settings=CONTEXT_SETTINGS)
+class PagedcGroup(click.Group):
+    """Turns a PagedcError from any command into `Error: ...` and exit 1; Ctrl-C into a quiet exit 130."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except PagedcError as err:
+            raise click.ClickException(str(err)) from None
+        except KeyboardInterrupt:
+            click.echo(err=True)
+            raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
+
+
+@click.group(cls=PagedcGroup, context_settings=CONTEXT_SETTINGS)
 @click.version_option(__version__, "--version", prog_name="pagedc")
 @click.option("-v", "--verbose", is_flag=True, help="Log what each stage does to stderr.")
 def main(verbose: bool) -> None:

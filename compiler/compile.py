@@ -16,21 +16,22 @@ Targets (one explicit branch where they differ):
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import onnx_ir as ir
 
+from pagedc.errors import RequestError
 from pagedc.manifest import Artifact, LayerPools, Manifest
-from pagedc.model_file import load_model
+from pagedc.max_position import max_position
+from pagedc.model_file import external_data_files, file_sha256, load_model
 from pagedc.mxr_compile import MxrPlan, plan_mxr, write_mxr
+from pagedc.output_dir import OutputError, check_output, commit, make_staging
 from pagedc.passes.paged import RewriteReport, rewrite_to_paged
+from pagedc.runtime.memory import format_bytes, total_memory
 from pagedc.runtime.migraphx_import import MigraphxUnavailable, import_migraphx, is_migraphx_available
 
 log = logging.getLogger(__name__)
@@ -43,8 +44,8 @@ TARGETS = ("auto", "mxr", "onnx")
 DEVICES = ("gpu", "ref", "cpu")
 
 
-class CompileError(Exception):
-    """A compile that cannot proceed; the message says why and what to do."""
+class CompileError(RequestError):
+    """A compile option that cannot work (target, pool size); the message says why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -69,9 +70,9 @@ def compile_model(source: Path, out_dir: Path, options: CompileOptions,
                   progress: Callable[[str], None] = log.info) -> Manifest:
     source, out_dir = Path(source), Path(out_dir)
     target = resolve_target(options, progress)
-    _check_out_dir(out_dir, options.overwrite)
     progress(f"loading {source} (graph only; weights stay on disk)")
     model = load_model(source)
+    check_output(out_dir, source, external_data_files(model, source), options.overwrite)
     progress("rewriting attention layers to paged attention")
     model, report = rewrite_to_paged(model, block_size=options.block_size, layout=options.layout,
                                      fuse_rotary=target == "onnx")
@@ -79,8 +80,7 @@ def compile_model(source: Path, out_dir: Path, options: CompileOptions,
     num_blocks = _num_blocks(report, options)
     plan = plan_mxr(source, model, num_blocks, options, progress) if target == "mxr" else None
     migraphx = _import_migraphx() if target == "mxr" else None
-    staging = Path(tempfile.mkdtemp(prefix=f"{out_dir.name}.tmp-", dir=out_dir.parent))
-    staging.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; OUT should look like any new directory
+    staging = make_staging(out_dir)
     try:
         if target == "onnx":
             progress(f"writing {staging / MODEL_FILE} and its weights")
@@ -91,12 +91,17 @@ def compile_model(source: Path, out_dir: Path, options: CompileOptions,
                                      write_mxr(plan, migraphx, staging, options, progress))
         manifest.write(staging)
         _copy_tokenizer(source.parent, staging, progress)
-        _commit(staging, out_dir)
+        commit(staging, out_dir)
+    except OSError as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise OutputError(f"{out_dir}: writing the output failed ({err.strerror or err}: {err.filename or ''}); "
+                          "nothing was written. Free disk space or choose another -o") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     progress(f"wrote {out_dir} ({num_blocks} blocks of {options.block_size} tokens, {options.layout} K/V, "
-             f"{len(manifest.artifacts)} {manifest.backend} artifact(s))")
+             f"{len(manifest.artifacts)} {manifest.backend} artifact(s)"
+             + (f", positions up to {manifest.max_position}" if manifest.max_position else "") + ")")
     return manifest
 
 
@@ -129,27 +134,24 @@ def _copy_tokenizer(source_dir: Path, staging: Path, progress: Callable[[str], N
             progress(f"copied {name}")
 
 
-def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
-    if not out_dir.parent.is_dir():
-        raise CompileError(f"{out_dir.parent}: output's parent directory does not exist")
-    if out_dir.exists() and not overwrite:
-        raise CompileError(f"{out_dir} already exists; pass --force to replace it or -o to choose another directory")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise CompileError(f"{out_dir} exists and is not a directory")
-
-
 def _num_blocks(report: RewriteReport, options: CompileOptions) -> int:
-    if options.num_blocks is not None:
-        if options.num_blocks < 2:
-            raise CompileError(f"--num-blocks must be >= 2 (block 0 is the null block), got {options.num_blocks}")
-        return options.num_blocks
+    """Blocks per pool: --num-blocks, or as many as --kv-memory holds; refused when the machine cannot hold them."""
     itemsize = int(ir.DataType[report.kv_dtype.upper()].itemsize)
     per_block = report.num_layers * report.num_kv_heads * options.block_size * report.head_dim * itemsize
     per_block *= 2 if options.layout == "separate" else 1
-    num_blocks = options.kv_memory // per_block
+    num_blocks = options.num_blocks if options.num_blocks is not None else options.kv_memory // per_block
+    given = f"--num-blocks {num_blocks}" if options.num_blocks is not None else f"--kv-memory {format_bytes(options.kv_memory)}"
     if num_blocks < 2:
-        raise CompileError(f"--kv-memory {options.kv_memory} bytes holds {num_blocks} block(s) of {per_block} bytes; "
-                           "need at least 2 (block 0 is the null block)")
+        raise CompileError(f"{given} gives {num_blocks} block(s) of {per_block} bytes; need at least 2 "
+                           "(block 0 is the null block)")
+    total = total_memory()
+    if total is not None and num_blocks * per_block > total:
+        raise CompileError(f"{given}: the KV pools would take {format_bytes(num_blocks * per_block)}, this machine has "
+                           f"{format_bytes(total)} of memory in all, which holds at most {total // per_block} blocks "
+                           f"of {format_bytes(per_block)}; use a smaller --kv-memory or --num-blocks")
+    if num_blocks * options.block_size >= 2**31:
+        raise CompileError(f"{given}: {num_blocks} blocks x {options.block_size} tokens exceeds the int32 slot range "
+                           f"(at most {(2**31 - 1) // options.block_size} blocks); use fewer blocks")
     return int(num_blocks)
 
 
@@ -160,13 +162,13 @@ def _manifest(source: Path, model: ir.Model, report: RewriteReport, num_blocks: 
     logits = next((v for v in model.graph.outputs if v.name == "logits"), None)
     vocab = logits.shape[-1] if logits is not None and logits.shape is not None else None
     fields = dict(
-        backend="onnxruntime", target="cpu", source_model=source.name, source_sha256=_sha256(source),
+        backend="onnxruntime", target="cpu", source_model=source.name, source_sha256=file_sha256(source),
         num_layers=report.num_layers, num_heads=report.num_heads, num_kv_heads=report.num_kv_heads,
         head_dim=report.head_dim, kv_dtype=ir.DataType[report.kv_dtype.upper()].numpy().name,
         block_size=options.block_size, num_blocks=num_blocks, layout=options.layout,
         pools=tuple(LayerPools(p.layer, tuple(p.inputs), tuple(p.outputs)) for p in report.pools),
         artifacts=(Artifact(MODEL_FILE, "any", inputs, dtypes),),
-        vocab_size=vocab if isinstance(vocab, int) else None,
+        vocab_size=vocab if isinstance(vocab, int) else None, max_position=max_position(model, source),
         abi=_abi_note(options.layout),
     )
     return Manifest(**{**fields, **backend_fields})
@@ -194,28 +196,3 @@ def _abi_note(layout: str) -> dict:
         "position_ids": "[batch, seq] int64: absolute position of each new token",
         "visible": "key j is visible to the query at position p iff j <= p and j < context_lens[b]",
     }
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _commit(staging: Path, out_dir: Path) -> None:
-    """Rename staging to out_dir; an existing out_dir is moved aside first and removed after."""
-    backup = None
-    if out_dir.exists():
-        backup = out_dir.with_name(f"{out_dir.name}.old-{staging.name.rsplit('-', 1)[-1]}")
-        out_dir.rename(backup)
-    staging.rename(out_dir)
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)

@@ -7,26 +7,24 @@ from pathlib import Path
 
 import click
 
-from pagedc.compile import DEVICES, TARGETS, CompileError, CompileOptions, compile_model
-from pagedc.model_file import ModelFileError
-from pagedc.mxr_compile import MxrCompileError
-from pagedc.mxr_lowering import LoweringError
-from pagedc.passes.paged import LAYOUTS, PagedRewriteError
+from pagedc.compile import DEVICES, TARGETS, CompileOptions, compile_model
+from pagedc.passes.paged import LAYOUTS
 
-_UNITS = {"": 1, "B": 1, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "KB": 10**3, "MB": 10**6, "GB": 10**9}
+_UNITS = {"": 1, "B": 1, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40,
+          "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
 
 
 class ByteSize(click.ParamType):
-    """A size such as 2GiB, 512MiB or 1000000."""
+    """A size such as 2GiB, 512MiB, 1TiB or 1000000 (KiB/MiB/GiB/TiB binary, KB/MB/GB/TB decimal)."""
 
     name = "size"
 
     def convert(self, value, param, ctx):
         if isinstance(value, int):
             return value
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*", str(value), re.IGNORECASE)
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*", str(value), re.IGNORECASE)
         if not match:
-            self.fail(f"{value!r} is not a size; write e.g. 2GiB, 512MiB or 1000000", param, ctx)
+            self.fail(f"{value!r} is not a size; write e.g. 2GiB, 512MiB, 1TiB or 1000000", param, ctx)
         return int(float(match.group(1)) * _UNITS[(match.group(2) or "").upper()])
 
 
@@ -58,7 +56,8 @@ class ByteSize(click.ParamType):
               help="MIGraphX programs take and return host buffers (mxr; pagedc's runtime needs it).")
 @click.option("--emit-standard", is_flag=True,
               help="Also compile the dense model at the same buckets into standard_*.mxr, for verify (mxr).")
-@click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
+@click.option("--force", is_flag=True, help="Replace OUT if it is an earlier compile output (or empty). "
+              "Never the source model, its directory or its weights.")
 def compile_command(model: Path, out_dir: Path | None, force: bool, **settings) -> None:
     """Rewrite MODEL's attention to paged attention and compile it with a manifest.
 
@@ -79,8 +78,5 @@ def compile_command(model: Path, out_dir: Path | None, force: bool, **settings) 
     out_dir = out_dir or model.with_name(model.stem + ".paged")
     settings["prefill_lens"], settings["batches"] = tuple(settings["prefill_lens"]), tuple(settings["batches"])
     options = CompileOptions(overwrite=force, **settings)
-    try:
-        compile_model(model, out_dir, options, progress=lambda msg: click.echo(f"pagedc: {msg}", err=True))
-    except (ModelFileError, CompileError, PagedRewriteError, LoweringError, MxrCompileError) as err:
-        raise click.ClickException(str(err)) from None
+    compile_model(model, out_dir, options, progress=lambda msg: click.echo(f"pagedc: {msg}", err=True))
     click.echo(str(out_dir))

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from pagedc.errors import ModelError
 from pagedc.model_file import load_model
 from pagedc.passes.detect import find_attention_sites
 
@@ -28,7 +29,7 @@ class DenseRunner:
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         sites = find_attention_sites(load_model(path)).sites
         if not sites:
-            raise ValueError(f"{path}: no attention layer with a dense KV cache; is this the standard (dense) model?")
+            raise ModelError(f"{path}: no attention layer with a dense KV cache; is this the standard (dense) model?")
         self.kv = [(s.past_key, s.present_key) for s in sites] + [(s.past_value, s.present_value) for s in sites]
         self.inputs = {i.name: i for i in self.session.get_inputs()}
         self.dtype = np.float16 if "float16" in self.inputs[sites[0].past_key].type else np.float32

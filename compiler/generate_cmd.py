@@ -7,10 +7,7 @@ from pathlib import Path
 
 import click
 
-from pagedc.manifest import ManifestError
 from pagedc.runtime import Engine, SamplingParams
-from pagedc.runtime.migraphx_import import MigraphxUnavailable
-from pagedc.runtime.mxr_program import MxrProgramError
 
 
 def _token_ids(ctx, param, values):
@@ -43,7 +40,9 @@ def generate_command(model: Path, prompt_ids, prompts_text, max_new_tokens, temp
     """Generate tokens with MODEL, a `pagedc compile` output directory (or its manifest.json).
 
     One prompt streams its tokens on one line; several prompts stream one
-    `index: token` line per token.
+    `index: token` line per token. A prompt longer than the model's maximum
+    length (positions, pool, buckets) is an error; a sequence that reaches it
+    stops early, as vLLM's do at max_model_len, and says so on stderr.
 
     \b
     Examples:
@@ -55,20 +54,23 @@ def generate_command(model: Path, prompt_ids, prompts_text, max_new_tokens, temp
     prompts = list(prompt_ids) + [tokenizer.encode(text).ids for text in prompts_text]
     if not prompts:
         raise click.UsageError("give at least one --prompt-ids or --prompt")
-    try:
-        engine = Engine.from_manifest(model)
-        sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-        stream = engine.stream(prompts, max_new_tokens, sampling, stop_ids)
-        _print_stream(stream, len(prompts), tokenizer)
-    except (ManifestError, MigraphxUnavailable, MxrProgramError, ValueError) as err:
-        raise click.ClickException(str(err)) from None
+    engine = Engine.from_manifest(model)
+    sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    counts = _print_stream(engine.stream(prompts, max_new_tokens, sampling, stop_ids), len(prompts), tokenizer)
+    for index, (prompt, count) in enumerate(zip(prompts, counts)):
+        if count < max_new_tokens and len(prompt) + count >= engine.max_model_len:
+            click.echo(f"pagedc: prompt {index} stopped after {count} new tokens (finish reason length): "
+                       f"sequences end at {engine.max_model_len} tokens", err=True)
     if show_stats:
         figures = {**engine.manager.stats(), **engine.metrics()}
         click.echo(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}), err=True)
 
 
-def _print_stream(stream, num_prompts: int, tokenizer) -> None:
+def _print_stream(stream, num_prompts: int, tokenizer) -> list[int]:
+    """Print each token as it comes; returns the number of tokens of each prompt."""
+    counts = [0] * num_prompts
     for index, token in stream:
+        counts[index] += 1
         text = tokenizer.decode([token]) if tokenizer else str(token)
         if num_prompts == 1:
             click.echo(text if tokenizer else f"{text} ", nl=False)
@@ -76,6 +78,7 @@ def _print_stream(stream, num_prompts: int, tokenizer) -> None:
             click.echo(f"{index}: {text}")
     if num_prompts == 1:
         click.echo()
+    return counts
 
 
 def _tokenizer(model: Path):

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from pagedc.model_file import ModelFileError, load_model
+from pagedc.model_file import load_model
 from pagedc.passes.detect import Detection, find_attention_sites
 
 _COLUMNS = ("layer", "form", "heads", "kv_heads", "head_dim", "rotary", "mask", "past (key, value)", "present (key, value)")
@@ -31,10 +31,7 @@ def inspect_command(model: str, as_json: bool) -> None:
       pagedc inspect model.onnx
       pagedc inspect model.onnx --json | jq '.layers[].mask'
     """
-    try:
-        detection = find_attention_sites(load_model(model))
-    except ModelFileError as err:
-        raise click.ClickException(str(err)) from None
+    detection = find_attention_sites(load_model(model))
     if as_json:
         click.echo(json.dumps(_as_dict(model, detection), indent=2))
     elif detection.sites:

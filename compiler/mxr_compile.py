@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import onnx_ir as ir
 
+from pagedc.errors import BackendError
 from pagedc.manifest import Artifact
 from pagedc.model_file import load_model
 from pagedc.mxr_check import check_for_migraphx
@@ -38,7 +39,7 @@ DEFAULT_MAX_CONTEXT = 2048
 LOWERED_DIR = ".lowered"
 
 
-class MxrCompileError(Exception):
+class MxrCompileError(BackendError):
     """A MIGraphX compile that cannot proceed; the message names the bucket and what to do."""
 
 

@@ -27,12 +27,14 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 from onnxscript import optimizer
 
+from pagedc.errors import ModelError
+
 PHASES = ("prefill", "decode")
 FOLD_INPUT_LIMIT = 1 << 16      # elements; larger constant inputs are weights, never folded
 MAX_FOLD_ROUNDS = 4
 
 
-class LoweringError(Exception):
+class LoweringError(ModelError):
     """A model that cannot be given static shapes; the message names the input and what to do."""
 
 

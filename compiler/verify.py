@@ -21,8 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from pagedc.dense_runner import DenseRunner
+from pagedc.errors import ModelError
 from pagedc.manifest import Manifest, ManifestError
-from pagedc.model_file import load_model
+from pagedc.model_file import file_sha256, load_model
+from pagedc.passes.detect import find_attention_sites
 from pagedc.runtime import PagedKVCacheManager
 from pagedc.runtime.engine import paged_session
 from pagedc.runtime.migraphx_import import import_migraphx
@@ -51,6 +53,7 @@ class VerifyReport:
     tier: str
     prompt_lens: list[int]
     steps: list[StepComparison] = field(default_factory=list)
+    source_matches: bool | None = None   # STANDARD's sha256 is the manifest's source_sha256 (None: not a .onnx)
 
     @property
     def passed(self) -> bool:
@@ -63,11 +66,12 @@ class VerifyReport:
 def verify(paged: str | Path, standard: str | Path, *, batch: int = 2, prompt_len: int = 16,
            decode_steps: int = 8, seed: int = 0, tier: str = "medium") -> VerifyReport:
     manifest, directory = resolve_manifest(paged)
+    source_matches = check_same_model(manifest, standard)
     reference = standard_stepper(standard)
     prompts = seeded_prompts(batch, prompt_len, manifest.vocab_size or _vocab(standard), seed)
     expected, tokens = _run_standard(reference, prompts, decode_steps)
     got = _run_paged(manifest, directory, prompts, tokens, seed)
-    report = VerifyReport(str(paged), str(standard), tier, [len(p) for p in prompts])
+    report = VerifyReport(str(paged), str(standard), tier, [len(p) for p in prompts], source_matches=source_matches)
     for step, (want, have) in enumerate(zip(expected, got)):
         report.steps.append(compare(step, have, want))
     return report
@@ -81,6 +85,28 @@ def resolve_manifest(path: str | Path) -> tuple[Manifest, Path]:
         raise ManifestError(f"{path}: no manifest.json in {directory}; verify needs the paged side as a "
                             "`pagedc compile` output (directory, manifest.json or an artifact inside it)")
     return Manifest.read(directory), directory
+
+
+def check_same_model(manifest: Manifest, standard: str | Path) -> bool | None:
+    """Is a .onnx STANDARD the model the manifest was compiled from? ModelError when it cannot be compared at all.
+
+    A different file (source_sha256) may still be the same model re-saved, so that
+    is reported, not refused; another vocabulary or layer count cannot be compared.
+    """
+    path = Path(standard)
+    if path.suffix != ".onnx":
+        return None
+    model = load_model(path)
+    logits = next((v for v in model.graph.outputs if v.name == "logits"), None)
+    vocab = logits.shape[-1] if logits is not None and logits.shape is not None else None
+    if manifest.vocab_size and isinstance(vocab, int) and vocab != manifest.vocab_size:
+        raise ModelError(f"{path} has a vocabulary of {vocab} tokens, the paged model {manifest.vocab_size}: it is "
+                         f"not the model the paged side was compiled from ({manifest.source_model})")
+    sites = find_attention_sites(model).sites
+    if sites and len(sites) != manifest.num_layers:
+        raise ModelError(f"{path} has {len(sites)} attention layers, the paged model {manifest.num_layers}: it is "
+                         f"not the model the paged side was compiled from ({manifest.source_model})")
+    return file_sha256(path) == manifest.source_sha256
 
 
 def seeded_prompts(batch: int, prompt_len: int, vocab: int, seed: int) -> list[list[int]]:

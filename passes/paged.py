@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
+from pagedc.errors import ModelError
 from pagedc.passes.detect import find_attention_sites
 from pagedc.passes.paged_builder import PagedBuilder
 from pagedc.passes.rewrite_attention import check_attention, rewrite_attention
@@ -34,7 +35,7 @@ _REWRITERS = {
 }
 
 
-class PagedRewriteError(Exception):
+class PagedRewriteError(ModelError):
     """The model cannot be paged; `problems` holds one line per layer or input, with the reason."""
 
     def __init__(self, problems: list[str]):

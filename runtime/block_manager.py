@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pagedc.errors import RequestError
+from pagedc.runtime.checks import require_bool, require_int, token_ids as checked_token_ids
 from pagedc.runtime.feeds import NULL_BLOCK, SequenceStep, slots_of, step_feeds
 
 LAYOUTS = ("separate", "combined")
@@ -56,12 +58,11 @@ class _Sequence:
 
 class PagedKVCacheManager:
     def __init__(self, num_blocks: int, block_size: int, layout: str = "separate", enable_prefix_caching: bool = True):
-        if num_blocks < 2:
-            raise ValueError(f"num_blocks must be >= 2 (block {NULL_BLOCK} is the null block), got {num_blocks}")
-        if block_size < 1:
-            raise ValueError(f"block_size must be >= 1, got {block_size}")
+        num_blocks = require_int("num_blocks", num_blocks, minimum=2)
+        block_size = require_int("block_size", block_size, minimum=1)
         if layout not in LAYOUTS:
-            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+            raise RequestError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        require_bool("enable_prefix_caching", enable_prefix_caching)
         self.num_blocks, self.block_size, self.layout = num_blocks, block_size, layout
         self.is_combined = layout == "combined"
         self.enable_prefix_caching = enable_prefix_caching
@@ -102,8 +103,9 @@ class PagedKVCacheManager:
         block_size, always < len(prompt) so the last token is computed).
         """
         if seq_id in self._seqs:
-            raise ValueError(f"sequence {seq_id!r} is already in the cache; free it first or use a new id")
-        seq = _Sequence(token_ids=list(prompt_token_ids), cache_key=cache_key)
+            raise RequestError(f"sequence {seq_id!r} is already in the cache; free it first or use a new id")
+        prompt_token_ids = checked_token_ids("prompt_token_ids", prompt_token_ids)
+        seq = _Sequence(token_ids=prompt_token_ids, cache_key=cache_key)
         self._seqs[seq_id] = seq
         if not (self.enable_prefix_caching and prompt_token_ids):
             return 0
@@ -126,7 +128,7 @@ class PagedKVCacheManager:
     def fork(self, parent: Hashable, child: Hashable) -> None:
         """The child shares all of the parent's blocks; the first write into a shared block copies it."""
         if child in self._seqs:
-            raise ValueError(f"sequence {child!r} is already in the cache; fork into a new id")
+            raise RequestError(f"sequence {child!r} is already in the cache; fork into a new id")
         src = self._seq(parent)
         for unit in src.units:
             self._ref[unit] += 1
@@ -158,6 +160,7 @@ class PagedKVCacheManager:
     def blocks_needed(self, seq_id: Hashable, num_new: int) -> int:
         """Free units an append of `num_new` tokens takes (new blocks, plus a copy of a shared last block)."""
         seq = self._seq(seq_id)
+        num_new = require_int("num_new", num_new, minimum=0)
         extra = self._units_for(seq.num_tokens + num_new) - len(seq.units)
         return extra + int(num_new > 0 and self._last_unit_is_shared(seq))
 
@@ -171,6 +174,9 @@ class PagedKVCacheManager:
         Call `can_append` first: here running out raises before anything changes.
         """
         seq = self._seq(seq_id)
+        num_new = require_int("num_new", num_new, minimum=0)
+        if token_ids is not None and len(token_ids := checked_token_ids("token_ids", token_ids)) != num_new:
+            raise RequestError(f"append({seq_id!r}, {num_new}) was given {len(token_ids)} token ids; give exactly num_new")
         self._check_capacity(seq_id, seq.num_tokens + num_new)
         needed = self.blocks_needed(seq_id, num_new)
         if needed > len(self._free):
@@ -296,7 +302,7 @@ class PagedKVCacheManager:
     def _check_capacity(self, seq_id: Hashable, num_tokens: int) -> None:
         limit = self.max_tokens_per_sequence()
         if num_tokens > limit:
-            raise ValueError(f"sequence {seq_id!r} would hold {num_tokens} tokens; the pool of {self.num_blocks} "
+            raise RequestError(f"sequence {seq_id!r} would hold {num_tokens} tokens; the pool of {self.num_blocks} "
                              f"blocks x {self.block_size} tokens holds at most {limit} for one sequence")
 
     def _seq(self, seq_id: Hashable) -> _Sequence:

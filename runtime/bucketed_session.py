@@ -20,8 +20,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from pagedc.errors import ManifestError
 from pagedc.manifest import Artifact, Manifest
 from pagedc.runtime.buckets import pad_feeds, select_artifact, step_shape, unpad_logits
+from pagedc.runtime.memory import check_pools_fit
 from pagedc.runtime.mxr_program import RunFn
 
 LOGITS = "logits"
@@ -38,6 +40,7 @@ class BucketedPagedSession:
         for artifact in manifest.artifacts:
             _check_artifact(artifact, self.runners, self._pool_of_output)
         first = manifest.artifacts[0]
+        check_pools_fit(manifest.num_blocks * manifest.bytes_per_block(), manifest.bytes_per_block(), first.path)
         self.pools = {name: np.zeros(manifest.pool_shape(), first.dtypes.get(name, manifest.kv_dtype))
                       for layer in manifest.pools for name in layer.inputs}     # [NB, Hkv, bs, Dh] each
         self.last_artifact: Artifact | None = None
@@ -49,7 +52,7 @@ class BucketedPagedSession:
         inputs = {**pad_feeds(feeds, artifact), **self.pools}
         missing = sorted(artifact.inputs.keys() - inputs.keys())
         if missing:
-            raise ValueError(f"artifact {artifact.path} needs inputs {missing} that the step's feeds do not have")
+            raise ManifestError(f"artifact {artifact.path} needs inputs {missing} that the step's feeds do not have")
         outputs = dict(zip(artifact.outputs, self.runners[artifact.path](inputs)))
         for out, name in self._pool_of_output.items():
             self.pools[name] = outputs[out]          # the next step reads the pools this one returned
@@ -69,8 +72,8 @@ class BucketedPagedSession:
 
 def _check_artifact(artifact: Artifact, runners: Mapping[str, RunFn], pool_of_output: dict[str, str]) -> None:
     if artifact.path not in runners:
-        raise ValueError(f"no program loaded for artifact {artifact.path}")
+        raise ManifestError(f"no program loaded for artifact {artifact.path}")
     missing = [name for name in (LOGITS, *pool_of_output) if name not in artifact.outputs]
     if missing:
-        raise ValueError(f"artifact {artifact.path}: the manifest lists outputs {artifact.outputs}, without {missing}; "
+        raise ManifestError(f"artifact {artifact.path}: the manifest lists outputs {artifact.outputs}, without {missing}; "
                          "recompile with this pagedc (static artifacts record their outputs)")

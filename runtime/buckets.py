@@ -25,10 +25,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pagedc.errors import RequestError
 from pagedc.manifest import Artifact
 
 
-class BucketError(ValueError):
+class BucketError(RequestError):
     """No artifact fits a step; the message lists the buckets and what to recompile with."""
 
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pagedc.errors import RequestError
+
 NULL_BLOCK = 0
 
 
@@ -82,16 +84,16 @@ def slots_of(blocks: list[int], positions, block_size: int) -> np.ndarray:
 
 def _check_sizes(steps: list[SequenceStep], block_size: int, seq_len: int, max_blocks: int, batch: int) -> None:
     if len(steps) > batch:
-        raise ValueError(f"{len(steps)} sequences do not fit a batch of {batch}")
+        raise RequestError(f"{len(steps)} sequences do not fit a batch of {batch}")
     for i, step in enumerate(steps):
         if len(step.positions) > seq_len:
-            raise ValueError(f"sequence {i} has {len(step.positions)} new tokens; the step takes at most {seq_len}")
+            raise RequestError(f"sequence {i} has {len(step.positions)} new tokens; the step takes at most {seq_len}")
         needed = (max(step.positions) // block_size + 1) if step.positions else 0
         for blocks in (step.key_blocks, step.value_blocks or step.key_blocks):
             if len(blocks) < needed:
-                raise ValueError(f"sequence {i} reaches position {max(step.positions)} but has only {len(blocks)} "
+                raise RequestError(f"sequence {i} reaches position {max(step.positions)} but has only {len(blocks)} "
                                  f"block(s) of {block_size}")
             if len(blocks) > max_blocks:
-                raise ValueError(f"sequence {i} has {len(blocks)} blocks; the table holds {max_blocks}")
+                raise RequestError(f"sequence {i} has {len(blocks)} blocks; the table holds {max_blocks}")
             if NULL_BLOCK in blocks:
-                raise ValueError(f"sequence {i} uses the null block {NULL_BLOCK}; it is reserved for padding")
+                raise RequestError(f"sequence {i} uses the null block {NULL_BLOCK}; it is reserved for padding")

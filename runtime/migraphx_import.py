@@ -11,11 +11,13 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from pagedc.errors import BackendError
+
 INSTALL_HINT = ("install ROCm's MIGraphX (e.g. `apt install migraphx` from the ROCm repository) and put its "
                 "Python module on the path: export PYTHONPATH=/opt/rocm/lib:$PYTHONPATH")
 
 
-class MigraphxUnavailable(Exception):
+class MigraphxUnavailable(BackendError):
     """`import migraphx` failed; the message names what to install."""
 
 

@@ -19,6 +19,7 @@ from types import ModuleType
 
 import numpy as np
 
+from pagedc.errors import ModelError
 from pagedc.manifest import Artifact
 
 RunFn = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
@@ -33,7 +34,7 @@ MIGRAPHX_DTYPES = {
 OUTPUT_PARAMETER_MARK = "#output_"   # offload_copy=False adds output buffers as parameters ("main:#output_0")
 
 
-class MxrProgramError(Exception):
+class MxrProgramError(ModelError):
     """A .mxr that cannot be loaded or does not match its manifest entry; the message says what to do."""
 
 

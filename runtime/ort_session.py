@@ -14,7 +14,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from pagedc.errors import ModelError, RequestError
 from pagedc.manifest import Manifest
+from pagedc.runtime.artifact_check import check_ort_artifact
+from pagedc.runtime.checks import require_int
+from pagedc.runtime.memory import check_pools_fit
 
 
 @dataclass(frozen=True)
@@ -22,6 +26,17 @@ class SessionOptions:
     intra_op_threads: int = 0            # 0: ONNX Runtime's default (one per core)
     optimization: str = "all"            # "all" | "extended" | "basic" | "disable"
 
+    def __post_init__(self) -> None:
+        require_int("SessionOptions.intra_op_threads", self.intra_op_threads, minimum=0)
+        if self.optimization not in _LEVELS:
+            raise RequestError(f"SessionOptions.optimization must be one of {sorted(_LEVELS)}, "
+                               f"got {self.optimization!r}")
+
+
+# What InferenceSession raises for a bad file (pybind11 classes deriving from Exception only).
+_ORT_LOAD_ERRORS = tuple(getattr(ort.capi.onnxruntime_pybind11_state, name) for name in (
+    "Fail", "InvalidProtobuf", "NoSuchFile", "InvalidArgument", "InvalidGraph", "RuntimeException",
+    "NotImplemented") if hasattr(ort.capi.onnxruntime_pybind11_state, name)) + (RuntimeError, OSError)
 
 _LEVELS = {
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
@@ -36,11 +51,11 @@ class OrtPagedSession:
 
     def __init__(self, manifest: Manifest, directory: str | Path, options: SessionOptions = SessionOptions()):
         artifact = manifest.artifacts[0]
-        so = ort.SessionOptions()
-        so.graph_optimization_level = _LEVELS[options.optimization]
-        so.intra_op_num_threads = options.intra_op_threads
-        self.session = ort.InferenceSession(str(Path(directory) / artifact.path), so, providers=["CPUExecutionProvider"])
+        path = Path(directory) / artifact.path
+        self.session = _load(path, options)
+        check_ort_artifact(manifest, artifact, self.session, str(path))
         self.input_names = {i.name for i in self.session.get_inputs()}
+        check_pools_fit(manifest.num_blocks * manifest.bytes_per_block(), manifest.bytes_per_block(), str(directory))
         dtype = np.dtype(manifest.kv_dtype)
         self.pools = {name: np.zeros(manifest.pool_shape(), dtype) for p in manifest.pools for name in p.inputs}
         self._binding = self.session.io_binding()
@@ -67,3 +82,18 @@ class OrtPagedSession:
         src, dst = (np.asarray(x) for x in zip(*pairs))
         for pool in self.pools.values():
             pool[dst] = pool[src]
+
+
+def _load(path: Path, options: SessionOptions) -> ort.InferenceSession:
+    """The ONNX Runtime session of `path`; a missing, truncated or damaged artifact is a ModelError."""
+    if not path.is_file():
+        raise ModelError(f"{path}: the manifest lists this artifact but the file is missing; recompile the directory")
+    so = ort.SessionOptions()
+    so.graph_optimization_level = _LEVELS[options.optimization]
+    so.intra_op_num_threads = options.intra_op_threads
+    try:
+        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    except _ORT_LOAD_ERRORS as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelError(f"{path}: ONNX Runtime cannot load it ({first}); the file or its weights "
+                         f"({path.name}.data) are damaged or missing: recompile the directory") from None

@@ -17,8 +17,13 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from pagedc.errors import PagedcError
 from pagedc.runtime.block_manager import PagedKVCacheManager
 from pagedc.runtime.request import Request, Status
+
+
+class SchedulerStalled(PagedcError, RuntimeError):
+    """A step with work queued but nothing schedulable: raised instead of spinning forever."""
 
 
 @dataclass
@@ -59,16 +64,26 @@ class Scheduler:
             if not self._admit(self.waiting[0], self._chunk(budget, step), step):
                 break
             budget -= len(step.work[-1][1])
+        if not step.work and self.has_work():
+            raise SchedulerStalled(self._stall_reason())
         return step
+
+    def _stall_reason(self) -> str:
+        waiting = self.waiting[0] if self.waiting else None
+        head = (f"request {waiting.request_id} ({len(waiting.all_tokens)} tokens) cannot be admitted"
+                if waiting else "no running request can take a token")
+        return (f"the scheduler can make no progress: {head}; {len(self.running)} running, {len(self.waiting)} "
+                f"waiting, {self.manager.num_free_blocks} free blocks, max_num_seqs {self.max_num_seqs}, "
+                f"max_num_batched_tokens {self.max_num_batched_tokens}. This is a bug in pagedc: please report it")
 
     def _chunk(self, budget: int, step: ScheduledStep) -> int:
         """Prefill tokens one more request may take this step (0 once the prefill run is full)."""
         num_prefills = sum(1 for _, tokens in step.work if len(tokens) > 1)
         return 0 if num_prefills >= self.max_prefill_seqs else min(budget, self.max_prefill_len)
 
-    def finish(self, request: Request, status: Status = Status.FINISHED) -> None:
-        """Drop a request from the queues and free its blocks."""
-        request.status = status
+    def finish(self, request: Request, status: Status = Status.FINISHED, reason: str | None = None) -> None:
+        """Drop a request from the queues and free its blocks; `reason`: "stop", "length" or "abort"."""
+        request.status, request.finish_reason = status, reason
         if request in self.running:
             self.running.remove(request)
         if request in self.waiting:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from pagedc.errors import ManifestError, RequestError
 from pagedc.manifest import Artifact, Manifest
 
 
@@ -26,7 +27,7 @@ class StandardKVCache:
     def __init__(self, manifest: Manifest, batch: int):
         note = manifest.standard
         if not manifest.standard_artifacts or not note:
-            raise ValueError("the manifest has no standard artifacts; compile with --emit-standard")
+            raise ManifestError("the manifest has no standard artifacts; compile with --emit-standard")
         self.artifacts, self.layout, self.max_context = manifest.standard_artifacts, note["kv"], note["max_context"]
         self.present = {p: q for pasts, presents in zip(note["past"], note["present"]) for p, q in zip(pasts, presents)}
         self.batch: int | None = None                          # B': the bucket batch every step then uses
@@ -41,7 +42,7 @@ class StandardKVCache:
         is_prefill = not self.num_tokens.any()
         seq_len = max(len(t) for t in tokens)
         if not is_prefill and seq_len != 1:
-            raise ValueError(f"standard decode artifacts take one token per sequence, got {seq_len}")
+            raise RequestError(f"standard decode artifacts take one token per sequence, got {seq_len}")
         artifact = self._artifact("prefill" if is_prefill else "decode", len(tokens), seq_len)
         width = int(artifact.inputs["input_ids"][1])
         input_ids = np.zeros((self.batch, width), np.int64)                    # [B', S]
@@ -50,7 +51,7 @@ class StandardKVCache:
             input_ids[b, : len(row)] = row
             self._lengths[b] = len(row)
         if int(self.num_tokens.max()) + width > self.max_context:
-            raise ValueError(f"a step would reach {int(self.num_tokens.max()) + width} tokens; the standard artifacts "
+            raise RequestError(f"a step would reach {int(self.num_tokens.max()) + width} tokens; the standard artifacts "
                              f"hold {self.max_context} (--max-context)")
         feeds = {"input_ids": input_ids, **self._kv_feeds(is_prefill, width)}
         return artifact, {k: v.astype(artifact.dtypes[k], copy=False) for k, v in feeds.items() if k in artifact.inputs}
@@ -88,6 +89,6 @@ class StandardKVCache:
         fitting = [a for a in self.artifacts if a.phase == phase and a.inputs["input_ids"][0] >= batch
                    and a.inputs["input_ids"][1] >= seq_len and self.batch in (None, a.inputs["input_ids"][0])]
         if not fitting:
-            raise ValueError(f"no standard {phase} artifact takes {batch} sequence(s) x {seq_len} token(s); "
+            raise RequestError(f"no standard {phase} artifact takes {batch} sequence(s) x {seq_len} token(s); "
                              "recompile with --batch / --prefill-len covering it")
         return min(fitting, key=lambda a: (a.inputs["input_ids"][0] * a.inputs["input_ids"][1]))

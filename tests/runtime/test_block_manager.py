@@ -90,7 +90,7 @@ def test_user_errors_say_what_and_how_much():
         manager.append("zz", 1)
     with pytest.raises(ValueError, match="would hold 17 tokens; the pool of 5 blocks x 4 tokens holds at most 16"):
         manager.append("a", 17)
-    with pytest.raises(ValueError, match="num_blocks must be >= 2"):
+    with pytest.raises(ValueError, match="num_blocks must be an int >= 2, got 1"):
         PagedKVCacheManager(num_blocks=1, block_size=4)
 
 

@@ -84,11 +84,15 @@ def test_sampling_is_reproducible_under_a_seed(compiled):
     assert first != engine.generate(PROMPTS, max_new_tokens=12)
 
 
-def test_request_larger_than_the_pool_says_how_many_blocks(compiled):
-    engine = Engine.from_manifest(compiled("gqa", "separate", num_blocks=12)[0])
-    with pytest.raises(ValueError, match=r"prompt 0 needs 13 blocks \(2 prompt \+ 50 new tokens, 4 per block\), "
-                                         r"the pool has 11 usable blocks"):
-        engine.generate([[1, 2]], max_new_tokens=50)
+def test_a_sequence_stops_with_reason_length_where_the_pool_ends(compiled):
+    engine = Engine.from_manifest(compiled("gqa", "separate", num_blocks=12)[0])   # 11 usable blocks x 4 = 44 tokens
+    assert engine.max_model_len == 44
+    [tokens] = engine.generate([[1, 2]], max_new_tokens=50)
+    assert len(tokens) == 42 and engine.requests[0].finish_reason == "length"
+    assert engine.manager.stats()["blocks_used"] == 0
+    with pytest.raises(ValueError, match=r"prompt 0 has 45 tokens, more than the 44 this engine runs per sequence: "
+                                         r"the pool holds 44 tokens for one sequence \(compile with a larger"):
+        engine.generate([[1] * 45], max_new_tokens=1)
 
 
 def test_bad_prompts_are_refused(compiled):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from pagedc.compile import CompileOptions, compile_model
+from pagedc.errors import ManifestError
 from pagedc.manifest import Artifact, LayerPools, Manifest
 from pagedc.runtime.bucketed_session import BucketedPagedSession
 from pagedc.runtime.feeds import SequenceStep, step_feeds
@@ -59,7 +60,7 @@ def test_without_migraphx_the_session_says_what_to_install():
 
 def test_bucketed_session_needs_the_outputs_recorded():
     old = dataclasses.replace(ARTIFACT, outputs=[])
-    with pytest.raises(ValueError, match=r"without \['logits', 'key_cache_out.0'\]; recompile"):
+    with pytest.raises(ManifestError, match=r"without \['logits', 'key_cache_out.0'\]; recompile"):
         BucketedPagedSession(_manifest(artifacts=(old,)), {old.path: lambda inputs: []})
 
 
