@@ -1,4 +1,4 @@
-"""Form A: a Llama decoder as HF Optimum / torch.onnx (TorchScript) exports it.
+"""Form A: a Llama decoder as HF Optimum / torch.onnx (TorchScript) exports it (and forms C, D around the same layers).
 
 Per layer, the attention site the passes anchor on:
 
@@ -37,16 +37,28 @@ import onnx
 
 from pagedc.testing import blocks
 from pagedc.testing.config import DecoderConfig
-from pagedc.testing.graph import BOOL, GraphBuilder
+from pagedc.testing.graph import BOOL, MS_DOMAIN, GraphBuilder
 from pagedc.testing.rope import full_tables
 from pagedc.testing.weights import layer_prefix
 
 OPSET = 17
+ATTENTION_OPSET = 23   # ONNX `Attention` (form C) exists from opset 23
 INT64_MAX = np.iinfo(np.int64).max
+CORES = ("decomposed", "attention", "mha")
 
 
-def build_decomposed(config: DecoderConfig, weights: dict[str, np.ndarray]) -> onnx.ModelProto:
-    g = GraphBuilder("llama_decomposed", opset=OPSET, constants="Constant")
+def build_decomposed(config: DecoderConfig, weights: dict[str, np.ndarray], core: str = "decomposed") -> onnx.ModelProto:
+    """Form A; core "attention" (form C) or "mha" (form D) builds each layer's attention as that one op instead.
+
+    The fused cores are built here directly, around the same projections, rotary and mask, so the
+    form C and D fixtures never depend on pagedc's own detection of form A.
+    """
+    if core not in CORES:
+        raise ValueError(f"core must be one of {CORES}, got {core!r}")
+    if core == "mha" and config.num_kv_heads != config.num_heads:
+        raise ValueError(f"form 'mha' needs num_kv_heads == num_heads (MultiHeadAttention has no GQA), "
+                         f"got {config.num_kv_heads} and {config.num_heads}")
+    g = GraphBuilder(f"llama_{core}", opset=ATTENTION_OPSET if core == "attention" else OPSET, constants="Constant")
     io = blocks.declare_inputs(g, config, with_position_ids=True)
     blocks.declare_outputs(g, config)
     init_name = _torchscript_names()
@@ -57,7 +69,7 @@ def build_decomposed(config: DecoderConfig, weights: dict[str, np.ndarray]) -> o
     rope = _rope_cos_sin(g, config, io["position_ids"])  # 2 x [B, 1, S, Dh]
     x = blocks.embed(g, weights, init_name, io["input_ids"])  # [B, S, D]
     for i in range(config.num_layers):
-        site = dict(batch=batch, seq=seq, mask=mask, rope=rope, past=io["past"][i])
+        site = dict(batch=batch, seq=seq, mask=mask, rope=rope, past=io["past"][i], core=core)
 
         def attention(h, i=i, site=site):
             return _attention(g, config, weights, init_name, h, i, **site)
@@ -124,6 +136,7 @@ def _attention(
     mask: str,
     rope: tuple[str, str],
     past: tuple[str, str],
+    core: str,
 ) -> str:
     p = layer_prefix(i)
     q, k, v = (
@@ -131,16 +144,48 @@ def _attention(
         for name in ("q_proj", "k_proj", "v_proj")
     )
     q, k = _apply_rope(g, config, q, *rope), _apply_rope(g, config, k, *rope)  # [B, H, S, Dh], [B, Hkv, S, Dh]
-    present_key, present_value = blocks.present_names(i)
+    presents = blocks.present_names(i)
+    if core == "attention":
+        out = _attention_op(g, config, q, k, v, mask, past, presents)          # [B, H, S, Dh]
+    elif core == "mha":
+        out = _mha_op(g, config, q, k, v, mask, past, presents)                # [B, S, H*Dh]
+    else:
+        out = _decomposed_core(g, config, q, k, v, mask, past, presents)       # [B, H, S, Dh]
+    if core != "mha":
+        out = g.op("Transpose", out, perm=[0, 2, 1, 3])  # [B, S, H, Dh]
+        out = g.op("Reshape", out, g.op("Concat", batch, seq, g.const([-1]), axis=0))  # [B, S, H*Dh]
+    return blocks.linear(g, weights, init_name, out, f"{p}.self_attn.o_proj.weight")  # [B, S, D]
+
+
+def _decomposed_core(g: GraphBuilder, config: DecoderConfig, q: str, k: str, v: str, mask: str,
+                     past: tuple[str, str], presents: tuple[str, str]) -> str:
+    """Concat(past, new) -> repeat-kv -> MatMul -> scale -> Add(mask) -> Softmax -> MatMul; [B, H, S, Dh]."""
+    present_key, present_value = presents
     key = g.op("Concat", past[0], k, axis=-2, outputs=[present_key])  # [B, Hkv, T, Dh]
     value = g.op("Concat", past[1], v, axis=-2, outputs=[present_value])  # [B, Hkv, T, Dh]
     key, value = _repeat_kv(g, config, key), _repeat_kv(g, config, value)  # [B, H, T, Dh]
     scores = g.op("MatMul", q, g.op("Transpose", key, perm=[0, 1, 3, 2]))  # [B, H, S, T]
     scores = g.op("Mul", scores, g.const(config.scale, config.np_dtype))
     probs = g.op("Softmax", g.op("Add", scores, mask), axis=-1)  # [B, H, S, T]
-    out = g.op("Transpose", g.op("MatMul", probs, value), perm=[0, 2, 1, 3])  # [B, S, H, Dh]
-    out = g.op("Reshape", out, g.op("Concat", batch, seq, g.const([-1]), axis=0))  # [B, S, H*Dh]
-    return blocks.linear(g, weights, init_name, out, f"{p}.self_attn.o_proj.weight")  # [B, S, D]
+    return g.op("MatMul", probs, value)  # [B, H, S, Dh]
+
+
+def _attention_op(g: GraphBuilder, config: DecoderConfig, q: str, k: str, v: str, mask: str,
+                  past: tuple[str, str], presents: tuple[str, str]) -> str:
+    """Form C: Attention(Q, K, V [B, ·, S, Dh], attn_mask [B, 1, S, T], past_key, past_value) -> Y [B, H, S, Dh]."""
+    out = g.op("Attention", q, k, v, mask, past[0], past[1], outputs=[g.scope + "/attn_out", *presents],
+               q_num_heads=config.num_heads, kv_num_heads=config.num_kv_heads)
+    return out[0]
+
+
+def _mha_op(g: GraphBuilder, config: DecoderConfig, q: str, k: str, v: str, mask: str,
+            past: tuple[str, str], presents: tuple[str, str]) -> str:
+    """Form D: MultiHeadAttention(query, key, value [B, S, H*Dh], attention_bias=mask, past) -> [B, S, H*Dh]."""
+    width = g.const([0, 0, config.num_heads * config.head_dim])
+    q, k, v = (g.op("Reshape", g.op("Transpose", x, perm=[0, 2, 1, 3]), width) for x in (q, k, v))
+    out = g.op("MultiHeadAttention", q, k, v, "", "", mask, past[0], past[1], domain=MS_DOMAIN,
+               outputs=[g.scope + "/mha_out", *presents], num_heads=config.num_heads)
+    return out[0]
 
 
 def _split_heads(g: GraphBuilder, config: DecoderConfig, x: str, batch: str, seq: str) -> str:

@@ -36,14 +36,8 @@ def build_decoder(
         return build_decomposed(config, weights)
     if form == "gqa":
         return build_gqa(config, weights)
-    if form == "attention":
-        from pagedc.testing.attention_op import build_attention  # uses the detection front end
-
-        return build_attention(config, weights)
-    if form == "mha":
-        from pagedc.testing.mha_op import build_mha  # uses the detection front end
-
-        return build_mha(config, weights)
+    if form in ("attention", "mha"):
+        return build_decomposed(config, weights, core=form)
     raise ValueError(f"form must be one of {FORMS}, got {form!r}")
 
 
