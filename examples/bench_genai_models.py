@@ -7,7 +7,8 @@
 
 Everything runs offline. Weights are drawn with std 1/sqrt(fan_in) (embeddings
 std 1), so hidden states stay O(1) through the layers and greedy argmaxes are
-not near-ties: both sides must then pick the same tokens.
+not near-ties: both sides must then pick the same tokens. eos (id 2) gets a
+zero lm_head row, so no greedy run ever ends early.
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ def make_hf_llama(shape: Shape, out: Path, seed: int = 0) -> int:
         for name, param in model.named_parameters():
             if param.dim() == 2:          # [out, in]: std 1/sqrt(fan_in); embeddings [vocab, hidden]: std 1
                 param.normal_(0.0, 1.0 if "embed_tokens" in name else 1.0 / math.sqrt(param.shape[1]))
+        # NOTE: eos's logit is then exactly 0 while the largest of ~N(0, 1) logits is ~4: greedy never picks
+        # eos, so genai (which stops on it) and pagedc (given no stop tokens) generate exactly what is asked.
+        model.lm_head.weight[config.eos_token_id].zero_()
     model.save_pretrained(out)
     _add_legacy_rope_theta(out / "config.json")
     _save_tokenizer(out, shape.vocab_size)

@@ -27,7 +27,7 @@ def run_benchmark(args, work: Path, progress) -> dict:
     num_blocks = blocks_needed(args)
     params = build_models(args, shape, num_blocks, work, progress)
     max_length = max(args.prompts) + args.new_tokens
-    overlay = genai_overlay(args.threads, max(max_length, 640), args.vocab, engine_batch=args.genai_engine_batch)
+    overlay = genai_overlay(args.threads, max(max_length, 640), engine_batch=args.genai_engine_batch)
     model = load_genai(work / "genai", overlay)
     sides = [GenaiGenerator("genai", model),
              PagedEngine("pagedc", work / "paged", args.threads, max(2048, max(args.batches) * max(args.prompts)),
@@ -46,8 +46,8 @@ def run_benchmark(args, work: Path, progress) -> dict:
         results["mixed"] = run_mixed(args, mixed_sides, progress)
         del mixed_sides
     if args.profile:
-        progress(f"profiling decode steps, batch 1, prompt {args.prompts[0]}, both sides")
-        results["profile"] = run_profile(args, work, max(max_length, 640))
+        progress(f"profiling decode steps, batch 1, prompt {args.profile_prompt}, both sides")
+        results["profile"] = run_profile(args, work, max(max_length, 640, args.profile_prompt + args.new_tokens))
     return results
 
 
@@ -141,10 +141,10 @@ def run_mixed(args, sides, progress) -> dict:
 
 def run_profile(args, work: Path, max_length: int) -> dict:
     """Op-type kernel ms per decode step, batch 1 at the first prompt length, both sides."""
-    prompts = np.random.default_rng(7).integers(3, args.vocab, (1, args.prompts[0]))
+    prompts = np.random.default_rng(7).integers(3, args.vocab, (1, args.profile_prompt))
     steps = min(args.new_tokens, 17)
-    genai = profile_genai(work / "genai", lambda prefix: genai_overlay(args.threads, max_length, args.vocab, prefix),
+    genai = profile_genai(work / "genai", lambda prefix: genai_overlay(args.threads, max_length, prefix),
                           prompts, steps, work)
     paged = profile_paged(work / "paged", args.threads, prompts, steps, work)
-    return {"prompt": args.prompts[0], "steps": genai.num_steps, "rows": op_share_rows(genai, paged),
+    return {"prompt": args.profile_prompt, "steps": genai.num_steps, "rows": op_share_rows(genai, paged),
             "genai": genai, "pagedc": paged}

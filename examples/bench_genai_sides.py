@@ -43,18 +43,13 @@ class Served:
     wall_s: float
 
 
-def genai_overlay(threads: int, max_length: int, vocab_size: int, profile_prefix: str | None = None,
+def genai_overlay(threads: int, max_length: int, profile_prefix: str | None = None,
                   engine_batch: int | None = None) -> str:
-    """The JSON overlay of genai_config.json for one run.
-
-    NOTE: eos_token_id is moved out of the vocabulary, so genai never stops early on a random model's greedy
-    eos (pagedc's Engine is given no stop tokens either): both sides generate exactly the tokens asked for.
-    """
+    """The JSON overlay of genai_config.json for one run: threads, max_length, profiling, engine batch."""
     options: dict = {"intra_op_num_threads": threads}
     if profile_prefix:
         options["enable_profiling"] = profile_prefix
-    overlay: dict = {"model": {"eos_token_id": vocab_size + 7, "context_length": max_length,
-                               "decoder": {"session_options": options}},
+    overlay: dict = {"model": {"context_length": max_length, "decoder": {"session_options": options}},
                      "search": {"max_length": max_length}}
     if engine_batch:
         overlay["engine"] = {"static_batching": {"max_batch_size": engine_batch}}

@@ -72,6 +72,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="genai Engine static_batching.max_batch_size (default: genai's own, 4)")
     p.add_argument("--optimum", action="store_true", help="also optimum-onnx's export through pagedc")
     p.add_argument("--profile", action="store_true", help="ORT per-node profile of decode steps, both sides")
+    p.add_argument("--profile-prompt", type=int, default=256, help="prompt length of the profiled run (batch 1)")
     p.add_argument("--work", type=Path, default=None, help="keep models here (reused when the shape matches)")
     p.add_argument("--json", type=Path, default=None, help="also write all figures to this file")
     args = p.parse_args(argv)
@@ -158,10 +159,11 @@ def report(args, results: dict) -> None:
     print_table("decode and prefill (batch b, prompt p)", header, decode_rows(results["decode"], paged_names))
     mixed = results.get("mixed")
     if mixed:
+        agree = "; ".join(f"{n}/{mixed['requests']}" for n in mixed["rows_agree"])
         rows = [[name, f"{mixed[name]:.1f}", f"{mixed['pagedc'] / mixed[name]:.2f}"]
                 for name in ("genai Engine", "genai Generator", "pagedc")]
         print_table(f"mixed workload: {mixed['requests']} requests, {mixed['output_tokens']} output tokens, "
-                    f"all at once (pagedc rows = genai Generator rows: {mixed['rows_agree']}; "
+                    f"all at once (pagedc rows = genai Generator rows: {agree}; "
                     f"genai Engine batch {results['genai_engine_batch']})",
                     ["side", "output tok/s", "pagedc / side"], rows)
     profile = results.get("profile")
