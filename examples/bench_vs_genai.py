@@ -162,7 +162,7 @@ def report(args, results: dict) -> None:
         agree = "; ".join(f"{n}/{mixed['requests']}" for n in mixed["rows_agree"])
         rows = [[name, f"{mixed[name]:.1f}", f"{mixed['pagedc'] / mixed[name]:.2f}"]
                 for name in ("genai Engine", "genai Generator", "pagedc")]
-        print_table(f"mixed workload: {mixed['requests']} requests, {mixed['output_tokens']} output tokens, "
+        print_table(f"mixed workload: {mixed['requests']} requests, {'/'.join(map(str, mixed['output_tokens']))} output tokens, "
                     f"all at once (pagedc rows = genai Generator rows: {agree}; "
                     f"genai Engine batch {results['genai_engine_batch']})",
                     ["side", "output tok/s", "pagedc / side"], rows)
