@@ -83,6 +83,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.rounds = args.rounds or (2 if args.quick else 3)
     if args.new_tokens < 2 or args.threads < 1 or args.rounds < 1 or args.hidden % args.heads:
         p.error("need --new-tokens >= 2, --threads >= 1, --rounds >= 1 and --hidden divisible by --heads")
+    if max(args.prompts) + args.new_tokens > 4096:
+        p.error(f"--prompts up to {max(args.prompts)} + --new-tokens {args.new_tokens} exceed the model's 4096 positions")
     if args.heads % args.kv_heads:
         p.error(f"--heads {args.heads} must be a multiple of --kv-heads {args.kv_heads}")
     return args
