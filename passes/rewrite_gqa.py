@@ -57,7 +57,7 @@ def rewrite_gqa(site: AttentionSite, builder: PagedBuilder, pools: list[ir.Value
         rotary = fused_rotary if b.fuse_rotary else apply_rotary
         q = rotary(b, q, node.inputs[7], node.inputs[8], interleaved, h, dh)
         k = rotary(b, k, node.inputs[7], node.inputs[8], interleaved, hkv, dh)
-    outs, key, value = b.write_and_read(pools, k, v, hkv)
+    outs, key, value = b.write_and_read(pools, k, v, hkv, grouped=True)
     scale = _attr(node, "scale", 0.0) or 1.0 / math.sqrt(dh)
     out = attend(b, q, key, value, h, hkv, dh, scale, _attr(node, "softcap", 0.0), pools[0].dtype, site.window)
     out = b.op("Transpose", out, perm=[0, 2, 1, 3])                                   # [B, S, H, Dh]
