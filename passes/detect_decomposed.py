@@ -14,7 +14,7 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from pagedc.passes import graph_walk as gw
-from pagedc.passes import site_facts
+from pagedc.passes import mask_facts, site_facts
 from pagedc.passes.site import AttentionSite, Miss
 
 
@@ -94,7 +94,8 @@ def _site(key_concat, value_concat, qk, softmax, pv, position) -> AttentionSite:
         present_value=_present_name(value_concat.outputs[0]),
         graph_position=position,
         nodes={"key_concat": key_concat, "value_concat": value_concat, "qk_matmul": qk,
-               "softmax": softmax, "pv_matmul": pv, **({"mask_add": mask_add} if mask_add else {})},
+               "softmax": softmax, "pv_matmul": pv, **({"mask_add": mask_add} if mask_add else {}),
+               **mask_facts.guard_roles(pv.outputs[0])},
         values={"mask": mask} if mask is not None else {},
     )
 

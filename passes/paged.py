@@ -83,8 +83,10 @@ def rewrite_to_paged(model: ir.Model, *, block_size: int = 16, layout: str = "se
     builder = PagedBuilder(graph, block_size, layout, _graph_input(graph, "position_ids"))
     report = _start_report(sites, block_size, layout, builder)
     for site in sites:
+        _bypass_row_guard(site)
         pools = _add_pools(builder, site, layout, num_blocks)
         outs = _REWRITERS[site.form][1](site, builder, pools)
+        _repair_past_shapes(builder, site)
         _name_pool_outputs(graph, site, outs, layout)
         report.pools.append(PoolNames(site.layer, [p.name for p in pools], [o.name for o in outs]))
         report.rewrites[site.form] = report.rewrites.get(site.form, 0) + 1
@@ -125,6 +127,34 @@ def _why_not_pageable(site: AttentionSite) -> str | None:
     if not (site.num_kv_heads and site.head_dim):
         return "past_key needs static KV-head and head dims ([B, Hkv, P, Dh])"
     return _REWRITERS[site.form][0](site)
+
+
+def _bypass_row_guard(site: AttentionSite) -> None:
+    """Where(no key visible, 0, out) -> out: under the paged mask every real query sees its own key
+    (mask_facts.row_guard); the guard would keep the dense mask, attention_mask and past shapes alive."""
+    guard = site.nodes.get("row_guard")
+    if guard is not None:
+        guard.outputs[0].replace_all_uses_with(guard.inputs[2])
+
+
+def _repair_past_shapes(builder: PagedBuilder, site: AttentionSite) -> None:
+    """Shape(past) left after a layer's rewrite -> [B, Hkv, T - S, Dh], a virtual past of T - S tokens.
+
+    transformers' exports with ORT's GroupQueryAttention size seqlens_k and the
+    rotary caches from the past's shape; rewrite_decomposed repairs its own
+    layers, so this only sees the fused forms' leftovers.
+    """
+    for name in (site.past_key, site.past_value):
+        past = _graph_input(builder.graph, name)
+        for node, _ in list(past.uses()) if past is not None else []:
+            if node.op_type != "Shape":
+                continue
+            start = node.attributes["start"].as_int() if "start" in node.attributes else 0
+            end = node.attributes["end"].as_int() if "end" in node.attributes else 4
+            virtual = builder.past_shape(site.num_kv_heads, site.head_dim)                   # [4] int64
+            if (start, end) != (0, 4):
+                virtual = builder.op("Slice", virtual, builder.const([start]), builder.const([end]))
+            node.outputs[0].replace_all_uses_with(virtual)
 
 
 def _graph_input(graph: ir.Graph, name: str) -> ir.Value | None:

@@ -49,8 +49,11 @@ def rewrite_gqa(site: AttentionSite, builder: PagedBuilder, pools: list[ir.Value
     v = b.op("Reshape", value, b.const([0, 0, hkv, dh]))
     if _attr(node, "do_rotary", 0):
         interleaved = bool(_attr(node, "rotary_interleaved", 0))
-        q = apply_rotary(b, q, node.inputs[7], node.inputs[8], interleaved, dh)
-        k = apply_rotary(b, k, node.inputs[7], node.inputs[8], interleaved, dh)
+        # The op's own position_ids (input 9) index the caches when given: transformers' ORT-fused exports
+        # pass per-token cos/sin rows there with positions 0..S-1.
+        rows = node.inputs[9] if len(node.inputs) > 9 and node.inputs[9] is not None else b.position_ids
+        q = apply_rotary(b, q, node.inputs[7], node.inputs[8], interleaved, dh, rows)
+        k = apply_rotary(b, k, node.inputs[7], node.inputs[8], interleaved, dh, rows)
     outs, key, value = b.write_and_read(pools, k, v, hkv, tokens_first=True)
     scale = _attr(node, "scale", 0.0) or 1.0 / math.sqrt(dh)
     q = b.op("Transpose", q, perm=[0, 2, 1, 3])                                       # [B, H, S, Dh]
@@ -71,11 +74,12 @@ def _split_qkv(b: PagedBuilder, node: ir.Node, h: int, hkv: int, dh: int) -> tup
 
 
 def apply_rotary(b: PagedBuilder, x: ir.Value, cos_cache: ir.Value, sin_cache: ir.Value,
-                 interleaved: bool, head_dim: int) -> ir.Value:
-    """Rotary on x [B, S, heads, Dh] at position_ids; caches are [max_pos, R/2] (R <= Dh rotated dims)."""
-    cos = b.op("Unsqueeze", b.op("Gather", cos_cache, b.position_ids, axis=0), b.const([2]))  # [B, S, 1, R/2]
-    sin = b.op("Unsqueeze", b.op("Gather", sin_cache, b.position_ids, axis=0), b.const([2]))
-    half = cos_cache.shape[1]
+                 interleaved: bool, head_dim: int, rows: ir.Value | None = None) -> ir.Value:
+    """Rotary on x [B, S, heads, Dh] at rows (default position_ids) of caches [max_pos, R/2] (R <= Dh rotated dims)."""
+    rows = b.position_ids if rows is None else rows
+    cos = b.op("Unsqueeze", b.op("Gather", cos_cache, rows, axis=0), b.const([2]))  # [B, S, 1, R/2]
+    sin = b.op("Unsqueeze", b.op("Gather", sin_cache, rows, axis=0), b.const([2]))
+    half = _cache_width(cos_cache)
     rot, rest = b.op("Slice", x, b.const([0]), b.const([2 * half]), b.const([3])), None
     if 2 * half < head_dim:  # partial rotary: the last Dh - R dims pass through
         rest = b.op("Slice", x, b.const([2 * half]), b.const([head_dim]), b.const([3]))
@@ -94,3 +98,16 @@ def apply_rotary(b: PagedBuilder, x: ir.Value, cos_cache: ir.Value, sin_cache: i
     else:
         y = b.op("Concat", y1, y2, axis=3)
     return y if rest is None else b.op("Concat", y, rest, axis=3)
+
+
+def _cache_width(cache: ir.Value) -> int:
+    """R/2 of a cos/sin cache [rows, R/2]; transformers' ORT-fused exports build it with Concat (shape unknown),
+    so the width is read off the first static [·, R/2] value it is built from."""
+    for _ in range(8):
+        if cache.shape is not None and len(cache.shape) == 2 and isinstance(cache.shape[1], int):
+            return cache.shape[1]
+        producer = cache.producer()
+        if producer is None or producer.op_type not in ("Concat", "Reshape", "Expand", "Identity", "Cast"):
+            break
+        cache = producer.inputs[0]
+    raise ValueError(f"GroupQueryAttention's cos/sin cache '{cache.name}' has no static width [rows, R/2]")

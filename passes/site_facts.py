@@ -1,4 +1,4 @@
-"""Facts about one attention layer read off the graph: heads, rotary, mask kind.
+"""Facts about one attention layer read off the graph: heads, head dims, rotary (mask kind: mask_facts.py).
 
 All three are read from structure and static shapes (weights' shapes, never
 their values), so a multi-GB model is inspected without loading its weights.
@@ -9,9 +9,9 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from pagedc.passes import graph_walk as gw
+from pagedc.passes.mask_facts import classify_mask  # noqa: F401  (re-exported: detect_* call site_facts.classify_mask)
 
 PROJECTION_OPS = frozenset({"MatMul", "Gemm", "MatMulNBits", "MatMulInteger"})
-COMPARE_OPS = frozenset({"Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Trilu"})
 
 
 def projection_width(node: ir.Node) -> int | None:
@@ -103,37 +103,3 @@ def _position_source(nodes: list[ir.Node]) -> str:
     if any("mask" in name for name in reached):
         return ", positions from attention_mask"
     return ""
-
-
-def classify_mask(mask: ir.Value | None) -> str:
-    """"causal", "sliding window N" or "other: <why>" for the additive/boolean mask of one layer."""
-    if mask is None:
-        return "other: no mask found before Softmax"
-    nodes = gw.ancestors(mask, max_nodes=2000)
-    compares = [n for n in nodes if n.op_type in COMPARE_OPS]
-    if not compares:
-        if mask.is_graph_input():
-            return f"other: mask comes from graph input '{mask.name}' (bias or custom mask)"
-        return "other: no causal comparison in the mask"
-    window = _window_size(nodes)
-    return f"sliding window {window}" if window else "causal"
-
-
-def _window_size(nodes: list[ir.Node]) -> int | None:
-    """A constant offset |c| > 1 added to positions before a comparison (HF: kv_idx > q_idx - window)."""
-    for node in nodes:
-        if node.op_type == "Trilu" and len(node.inputs) > 1:
-            k = gw.const_ints(node.inputs[1])
-            if k and abs(k[0]) > 1:
-                return abs(k[0])
-        if node.op_type in ("Sub", "Add") and _feeds_compare(node):
-            for operand in node.inputs:
-                value = gw.const_ints(operand)
-                if value and len(value) == 1 and abs(value[0]) > 1:
-                    return abs(value[0])
-    return None
-
-
-def _feeds_compare(node: ir.Node) -> bool:
-    hits = gw.walk_down(node.outputs[0], set(COMPARE_OPS), {"Cast", "Unsqueeze", "Reshape", "Expand", "Identity"}, max_depth=3)
-    return bool(hits)
