@@ -2,8 +2,8 @@
 
 A mask (additive bias or boolean) is the causal mask the paged mask replaces
 when the graph computes it only from the step's own facts: the graph inputs
-`attention_mask`, `position_ids` (any input whose name says mask / position /
-sliding window), and shapes of anything (Shape/Size). A comparison of key
+`attention_mask`, `position_ids` (any input whose name says mask or
+position), and shapes of anything (Shape/Size). A comparison of key
 and query positions must be in it, and its float constants must be scalars
 (0, -inf, the dtype's min):
 
@@ -35,7 +35,7 @@ from pagedc.passes import graph_walk as gw
 
 COMPARE_OPS = frozenset({"Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Trilu"})
 REDUCE_OPS = frozenset({"ReduceSum", "ReduceMax", "ReduceMin"})
-_MASK_SOURCE = re.compile(r"(mask|position|sliding_window)", re.IGNORECASE)
+_MASK_SOURCE = re.compile(r"(mask|position)", re.IGNORECASE)
 _SHAPE_OPS = frozenset({"Shape", "Size"})
 _GUARD_PATH = frozenset({"Reshape", "Transpose", "Cast", "Identity"})
 
@@ -69,6 +69,10 @@ def foreign_source(nodes: list[ir.Node]) -> str | None:
         for value in node.inputs:
             if value is None:
                 continue
+            if value.is_graph_input() and "sliding_window" in (value.name or ""):
+                # NOTE: transformers' exports pass `_sliding_window_tensor` through unused and bake the window
+                # into the mask as a constant; a window only known at run time cannot be paged statically.
+                return f"takes its window from graph input '{value.name}' at run time (export it as a constant)"
             if value.is_graph_input() and not _MASK_SOURCE.search(value.name or ""):
                 return f"reads graph input '{value.name}'"
             tensor = ir.convenience.get_const_tensor(value)

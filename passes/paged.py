@@ -91,9 +91,12 @@ def rewrite_to_paged(model: ir.Model, *, block_size: int = 16, layout: str = "se
         report.pools.append(PoolNames(site.layer, [p.name for p in pools], [o.name for o in outs]))
         report.rewrites[site.form] = report.rewrites.get(site.form, 0) + 1
     report.rewrites.update(builder.rule_counts)
+    passed_through = _remove_cache_passthroughs(graph)
     _cleanup(model)
     report.removed_inputs = _remove_inputs(graph, kv_inputs)
     report.removed_outputs = [n for s in sites for n in (s.present_key, s.present_value)]
+    report.removed_inputs += [name for name, _ in passed_through]
+    report.removed_outputs += [name for _, name in passed_through]
     if attention_mask is not None:
         report.removed_inputs += _remove_attention_mask(graph, attention_mask)
     _check_postcondition(model, report, kv_inputs)
@@ -155,6 +158,32 @@ def _repair_past_shapes(builder: PagedBuilder, site: AttentionSite) -> None:
             if (start, end) != (0, 4):
                 virtual = builder.op("Slice", virtual, builder.const([start]), builder.const([end]))
             node.outputs[0].replace_all_uses_with(virtual)
+
+
+def _remove_cache_passthroughs(graph: ir.Graph) -> list[tuple[str, str]]:
+    """Drop cache state the graph only copies from input to output; returns (input, output) name pairs.
+
+    transformers' exports of sliding-window models carry each layer's scalar
+    `input.cache.layers.{i}._sliding_window_tensor` through an Identity to
+    `output.cache.layers.{i}._sliding_window_tensor`; the window itself is a
+    constant in the mask (mask_facts), and the paged model has no dense cache
+    state to carry.
+    """
+    removed = []
+    for value in list(graph.inputs):
+        users = [node for node, _ in value.uses()]
+        if "cache" not in (value.name or "") or not users:
+            continue
+        outs = [node.outputs[0] for node in users if node.op_type == "Identity"]
+        if len(outs) != len(users) or not all(o.is_graph_output() and not list(o.uses()) for o in outs):
+            continue
+        for out in outs:
+            graph.outputs.remove(out)
+            removed.append((value.name, out.name))
+        for node in users:
+            graph.remove(node, safe=True)
+        graph.inputs.remove(value)
+    return removed
 
 
 def _graph_input(graph: ir.Graph, name: str) -> ir.Value | None:
