@@ -77,8 +77,9 @@ def _classify(concat: ir.Node):
 
 def _site(key_concat, value_concat, qk, softmax, pv, position) -> AttentionSite:
     past_key, new_key = key_concat.inputs
-    num_kv_heads = gw.static_dim(past_key, 1)
-    head_dim = gw.static_dim(past_key, 3)
+    num_kv_heads, head_dim = gw.static_dim(past_key, 1), gw.static_dim(past_key, 3)
+    if not (num_kv_heads and head_dim):  # symbolic past dims: derived from the K projection's head split
+        num_kv_heads, head_dim = site_facts.kv_dims_from_new_key(new_key)
     mask_add, mask = _mask_add(qk, softmax)
     return AttentionSite(
         layer=-1,

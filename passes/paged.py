@@ -110,7 +110,9 @@ def _pageable_sites(model: ir.Model) -> list[AttentionSite]:
         reason = _why_not_pageable(site)
         if reason:
             problems.append(f"layer {site.layer} ({site.form}, {site.past_key}): {reason}")
-    if not detection.sites and not problems:
+    if not detection.sites and not problems and detection.prefill_only:
+        problems.append(f"no attention layer with a dense KV cache found: {detection.prefill_only}")
+    elif not detection.sites and not problems:
         problems.append("no attention layer with a dense KV cache found (run `pagedc inspect` to see what the model has)")
     shapes = {(s.num_kv_heads, s.head_dim) for s in detection.sites}
     if len(shapes) > 1:

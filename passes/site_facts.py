@@ -83,6 +83,47 @@ def num_heads_from_query(query: ir.Value, head_dim: int | None, num_kv_heads: in
     return width // head_dim
 
 
+def kv_dims_from_new_key(new_key: ir.Value) -> tuple[int | None, int | None]:
+    """(Hkv, Dh) of a layer's new keys [B, Hkv, S, Dh], for a past_key whose dims are symbolic.
+
+    Read off the new key's own shape when static, else off the Reshape that
+    splits the K projection into heads ([B, S, Hkv, Dh], constant or a Concat of
+    constant pieces; a -1 there is the projection width over the other).
+    """
+    num_kv_heads, head_dim = gw.static_dim(new_key, 1), gw.static_dim(new_key, 3)
+    if num_kv_heads and head_dim:
+        return num_kv_heads, head_dim
+    for node in local_ancestors(new_key):
+        target = _reshape_target(node) if node.op_type == "Reshape" else None
+        if target is None or len(target) != 4:
+            continue
+        heads, dim = target[2], target[3]
+        projections = [n for n in local_ancestors(node.inputs[0], max_nodes=3) if is_projection(n)]
+        width = projection_width(projections[0]) if projections else None
+        if heads == -1 and width and dim and dim > 0:
+            heads = width // dim
+        if dim == -1 and width and heads and heads > 0:
+            dim = width // heads
+        if heads and dim and heads > 0 and dim > 0:
+            return num_kv_heads or heads, head_dim or dim
+    return num_kv_heads, head_dim
+
+
+def _reshape_target(node: ir.Node) -> list[int | None] | None:
+    """A Reshape's target shape: a constant, or a Concat of one-element pieces (None where not constant)."""
+    shape = node.inputs[1]
+    whole = gw.const_ints(shape)
+    if whole is not None:
+        return whole
+    producer = shape.producer()
+    if producer is None or producer.op_type != "Concat":
+        return None
+    pieces = [gw.const_ints(piece) for piece in producer.inputs]
+    if any(p is not None and len(p) != 1 for p in pieces):
+        return None
+    return [p[0] if p is not None else None for p in pieces]
+
+
 def rotary_of(new_key: ir.Value) -> str:
     """Where rotary embedding is applied to the new keys before they enter the cache."""
     nodes = local_ancestors(new_key)
