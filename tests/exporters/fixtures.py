@@ -83,6 +83,7 @@ EXPORTER_ARCHS = {
     **{e: ("llama", "qwen3", "mistral") for e in TRANSFORMERS_EXPORTERS},
 }
 MODEL_FILES = {e: "decode.onnx" for e in TRANSFORMERS_EXPORTERS}  # the fixture's graph; default model.onnx
+BATCH_ONE = ("transformers-b1",)  # exports whose batch torch.export specialised to 1
 # Combinations no exporter release here can make; everything else is expected to work.
 UNSUPPORTED = {
     # onnxruntime-genai 0.18.0's builder dispatches on config.architectures and has

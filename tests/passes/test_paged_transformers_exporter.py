@@ -1,7 +1,8 @@
 """transformers' own exporter (`transformers.exporters.OnnxExporter`): dims, names, masks, prefill graph, verify.
 
-The ragged-batch numerics of these exports run in test_paged_exporters.py
-with every other exporter; this file holds what is particular to them.
+The ragged-batch numerics of these exports run in test_paged_exporters.py and
+`pagedc verify` at the medium tier in tests/compiler/test_verify.py, with every
+other exporter; this file holds what is particular to them.
 """
 
 from __future__ import annotations
@@ -17,20 +18,8 @@ from pagedc.model_file import load_model
 from pagedc.passes.detect import find_attention_sites
 from pagedc.passes.paged import PagedRewriteError, rewrite_to_paged
 from pagedc.verify import verify
-from tests.exporters.fixtures import CASES, TRANSFORMERS_EXPORTERS
 
-CASES_HERE = [(a, e) for a, e in CASES if e in TRANSFORMERS_EXPORTERS]
 KV_HEADS, HEAD_DIM = 2, 32
-
-
-@pytest.mark.parametrize("arch,exporter", CASES_HERE)
-def test_compiled_export_verifies_against_source_at_medium_tier(exported_model_factory, tmp_path, arch, exporter):
-    source = exported_model_factory(arch, exporter)
-    compile_model(source, tmp_path / "paged", CompileOptions(block_size=4, num_blocks=64, target="onnx"))
-    batch = 1 if exporter == "transformers-b1" else 3   # -b1: the export's batch is specialised to 1
-    report = verify(tmp_path / "paged", source, batch=batch, prompt_len=12, decode_steps=6, tier="medium")
-    assert report.passed, [(s.step, s.max_abs, s.mismatches) for s in report.steps]
-    assert all(s.greedy_agree == s.num_sequences for s in report.steps)
 
 
 def test_inspect_prints_the_numeral_dims(exported_model_factory):
