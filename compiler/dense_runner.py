@@ -34,6 +34,7 @@ class DenseRunner:
         self.inputs = {i.name: i for i in self.session.get_inputs()}
         self.dtype = np.float16 if "float16" in self.inputs[sites[0].past_key].type else np.float32
         self.kv_shape = (sites[0].num_kv_heads, sites[0].head_dim)
+        self.state = _cache_state_feeds(self.inputs, sites)
 
     def run(self, tokens: list[int], chunks: list[int]) -> list[np.ndarray]:
         """Logits [chunk_len, V] of each chunk of `tokens` (chunk lengths sum to len(tokens))."""
@@ -60,10 +61,22 @@ class DenseRunner:
         """Run `tokens` at positions start.. on top of `past`; returns (logits [S, V], the new past)."""
         past = self._empty_past() if past is None else past
         size = len(tokens)
-        feed = {"input_ids": np.asarray([tokens], np.int64), **past}
+        feed = {"input_ids": np.asarray([tokens], np.int64), **past, **self.state}
         if "attention_mask" in self.inputs:
             feed["attention_mask"] = np.ones((1, start + size), np.int64)
         if "position_ids" in self.inputs:
             feed["position_ids"] = np.arange(start, start + size, dtype=np.int64)[None]
         outputs = dict(zip([o.name for o in self.session.get_outputs()], self.session.run(None, feed)))
         return outputs["logits"][0], {p: outputs[q] for p, q in self.kv}
+
+
+def _cache_state_feeds(inputs: dict, sites: list) -> dict[str, np.ndarray]:
+    """Scalar cache state transformers' exports carry per layer (`input.cache.layers.{i}._sliding_window_tensor`,
+    passed through to an output unused): fed the layer's window, as the exporter's cache holds it."""
+    windows = {site.layer: site.window or 0 for site in sites}
+    feeds = {}
+    for name in inputs:
+        if name.endswith("_sliding_window_tensor"):
+            layer = next((int(part) for part in name.split(".") if part.isdecimal()), None)
+            feeds[name] = np.array(windows.get(layer, 0), np.int64)
+    return feeds

@@ -71,6 +71,8 @@ def _num(value: int | None) -> str:
 
 
 def _nothing_found(detection: Detection) -> str:
+    if detection.prefill_only:
+        return f"no attention layer with a KV cache found: {detection.prefill_only}."
     counts = detection.found_instead
     attention_ops = {op: n for op, n in counts.items() if "Attention" in op or op in ("Softmax", "MatMul")}
     found = ", ".join(f"{n} {op}" for op, n in sorted(attention_ops.items())) or "no Softmax, MatMul or attention op"

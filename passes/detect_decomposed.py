@@ -14,7 +14,7 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from pagedc.passes import graph_walk as gw
-from pagedc.passes import site_facts
+from pagedc.passes import mask_facts, site_facts
 from pagedc.passes.site import AttentionSite, Miss
 
 
@@ -77,8 +77,9 @@ def _classify(concat: ir.Node):
 
 def _site(key_concat, value_concat, qk, softmax, pv, position) -> AttentionSite:
     past_key, new_key = key_concat.inputs
-    num_kv_heads = gw.static_dim(past_key, 1)
-    head_dim = gw.static_dim(past_key, 3)
+    num_kv_heads, head_dim = gw.static_dim(past_key, 1), gw.static_dim(past_key, 3)
+    if not (num_kv_heads and head_dim):  # symbolic past dims: derived from the K projection's head split
+        num_kv_heads, head_dim = site_facts.kv_dims_from_new_key(new_key)
     mask_add, mask = _mask_add(qk, softmax)
     return AttentionSite(
         layer=-1,
@@ -94,7 +95,8 @@ def _site(key_concat, value_concat, qk, softmax, pv, position) -> AttentionSite:
         present_value=_present_name(value_concat.outputs[0]),
         graph_position=position,
         nodes={"key_concat": key_concat, "value_concat": value_concat, "qk_matmul": qk,
-               "softmax": softmax, "pv_matmul": pv, **({"mask_add": mask_add} if mask_add else {})},
+               "softmax": softmax, "pv_matmul": pv, **({"mask_add": mask_add} if mask_add else {}),
+               **mask_facts.guard_roles(pv.outputs[0])},
         values={"mask": mask} if mask is not None else {},
     )
 

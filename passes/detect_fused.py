@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import onnx_ir as ir
 
 from pagedc.passes import graph_walk as gw
-from pagedc.passes import site_facts
+from pagedc.passes import mask_facts, site_facts
 from pagedc.passes.site import AttentionSite, Miss
 
 
@@ -88,7 +88,7 @@ def _site(node: ir.Node, op_form: _OpForm, past_key: ir.Value, past_value: ir.Va
         present_key=node.outputs[1].name,
         present_value=node.outputs[2].name,
         graph_position=position,
-        nodes={"op": node},
+        nodes={"op": node, **mask_facts.guard_roles(node.outputs[0])},
     )
 
 
@@ -132,10 +132,15 @@ def _rotary(node: ir.Node, form: str) -> str:
 def _mask(node: ir.Node, op_form: _OpForm) -> str:
     mask = _input(node, op_form.mask_index) if op_form.mask_index is not None else None
     if op_form.form == "gqa":
-        if mask is not None:
-            return f"other: attention_bias input '{mask.name}'"
         window = _int_attr(node, "local_window_size", -1)
-        return f"sliding window {window}" if window and window > 0 else "causal"
+        kind = f"sliding window {window}" if window and window > 0 else "causal"
+        if mask is None:
+            return kind
+        if mask.is_graph_input():
+            return f"other: attention_bias input '{mask.name}'"
+        # ORT fusions of transformers' exports (batch 1) pass the causal mask as attention_bias.
+        bias = site_facts.classify_mask(mask)
+        return kind if bias == "causal" else bias
     if mask is not None:
         return site_facts.classify_mask(mask)
     causal = _int_attr(node, "is_causal" if op_form.form == "attention" else "unidirectional", 0)

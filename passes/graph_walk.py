@@ -97,8 +97,17 @@ def const_ints(value: ir.Value | None) -> list[int] | None:
 
 
 def static_dim(value: ir.Value, axis: int) -> int | None:
+    """The size of one axis: a dim_value, or a dim_param that is a numeral ("2"), else None."""
     shape = value.shape
     if shape is None or len(shape) <= abs(axis) - (1 if axis < 0 else 0):
         return None
-    dim = shape[axis]
-    return dim if isinstance(dim, int) else None
+    return dim_size(shape[axis])
+
+
+def dim_size(dim) -> int | None:
+    """int of a static dim. NOTE: transformers' OnnxExporter writes static KV heads and head dims as
+    dim_param strings that are numerals (['s10', '2', 's54', '32']); they mean that number."""
+    if isinstance(dim, int):
+        return dim
+    name = getattr(dim, "value", None)
+    return int(name) if isinstance(name, str) and name.isdecimal() else None

@@ -88,15 +88,20 @@ def rewrite_to_paged(model: ir.Model, *, block_size: int = 16, layout: str = "se
     builder = PagedBuilder(graph, block_size, layout, _graph_input(graph, "position_ids"), fuse_rotary)
     report = _start_report(sites, block_size, layout, builder)
     for site in sites:
+        _bypass_row_guard(site)
         pools = _add_pools(builder, site, layout, num_blocks)
         outs = _REWRITERS[site.form][1](site, builder, pools)
+        _repair_past_shapes(builder, site)
         _name_pool_outputs(graph, site, outs, layout)
         report.pools.append(PoolNames(site.layer, [p.name for p in pools], [o.name for o in outs]))
         report.rewrites[site.form] = report.rewrites.get(site.form, 0) + 1
     report.rewrites.update(builder.rule_counts)
+    passed_through = _remove_cache_passthroughs(graph)
     _cleanup(model)
     report.removed_inputs = _remove_inputs(graph, kv_inputs)
     report.removed_outputs = [n for s in sites for n in (s.present_key, s.present_value)]
+    report.removed_inputs += [name for name, _ in passed_through]
+    report.removed_outputs += [name for _, name in passed_through]
     if attention_mask is not None:
         report.removed_inputs += _remove_attention_mask(graph, attention_mask)
     _check_postcondition(model, report, kv_inputs)
@@ -110,7 +115,9 @@ def _pageable_sites(model: ir.Model) -> list[AttentionSite]:
         reason = _why_not_pageable(site)
         if reason:
             problems.append(f"layer {site.layer} ({site.form}, {site.past_key}): {reason}")
-    if not detection.sites and not problems:
+    if not detection.sites and not problems and detection.prefill_only:
+        problems.append(f"no attention layer with a dense KV cache found: {detection.prefill_only}")
+    elif not detection.sites and not problems:
         problems.append("no attention layer with a dense KV cache found (run `pagedc inspect` to see what the model has)")
     shapes = {(s.num_kv_heads, s.head_dim) for s in detection.sites}
     if len(shapes) > 1:
@@ -130,6 +137,60 @@ def _why_not_pageable(site: AttentionSite) -> str | None:
     if not (site.num_kv_heads and site.head_dim):
         return "past_key needs static KV-head and head dims ([B, Hkv, P, Dh])"
     return _REWRITERS[site.form][0](site)
+
+
+def _bypass_row_guard(site: AttentionSite) -> None:
+    """Where(no key visible, 0, out) -> out: under the paged mask every real query sees its own key
+    (mask_facts.row_guard); the guard would keep the dense mask, attention_mask and past shapes alive."""
+    guard = site.nodes.get("row_guard")
+    if guard is not None:
+        guard.outputs[0].replace_all_uses_with(guard.inputs[2])
+
+
+def _repair_past_shapes(builder: PagedBuilder, site: AttentionSite) -> None:
+    """Shape(past) left after a layer's rewrite -> [B, Hkv, T - S, Dh], a virtual past of T - S tokens.
+
+    transformers' exports with ORT's GroupQueryAttention size seqlens_k and the
+    rotary caches from the past's shape; rewrite_decomposed repairs its own
+    layers, so this only sees the fused forms' leftovers.
+    """
+    for name in (site.past_key, site.past_value):
+        past = _graph_input(builder.graph, name)
+        for node, _ in list(past.uses()) if past is not None else []:
+            if node.op_type != "Shape":
+                continue
+            start = node.attributes["start"].as_int() if "start" in node.attributes else 0
+            end = node.attributes["end"].as_int() if "end" in node.attributes else 4
+            virtual = builder.past_shape(site.num_kv_heads, site.head_dim)                   # [4] int64
+            if (start, end) != (0, 4):
+                virtual = builder.op("Slice", virtual, builder.const([start]), builder.const([end]))
+            node.outputs[0].replace_all_uses_with(virtual)
+
+
+def _remove_cache_passthroughs(graph: ir.Graph) -> list[tuple[str, str]]:
+    """Drop cache state the graph only copies from input to output; returns (input, output) name pairs.
+
+    transformers' exports of sliding-window models carry each layer's scalar
+    `input.cache.layers.{i}._sliding_window_tensor` through an Identity to
+    `output.cache.layers.{i}._sliding_window_tensor`; the window itself is a
+    constant in the mask (mask_facts), and the paged model has no dense cache
+    state to carry.
+    """
+    removed = []
+    for value in list(graph.inputs):
+        users = [node for node, _ in value.uses()]
+        if "cache" not in (value.name or "") or not users:
+            continue
+        outs = [node.outputs[0] for node in users if node.op_type == "Identity"]
+        if len(outs) != len(users) or not all(o.is_graph_output() and not list(o.uses()) for o in outs):
+            continue
+        for out in outs:
+            graph.outputs.remove(out)
+            removed.append((value.name, out.name))
+        for node in users:
+            graph.remove(node, safe=True)
+        graph.inputs.remove(value)
+    return removed
 
 
 def _graph_input(graph: ir.Graph, name: str) -> ir.Value | None:

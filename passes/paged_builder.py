@@ -208,12 +208,12 @@ class PagedBuilder:
             self._cache[key] = mask
         return self._cache[key]
 
-    def rotary_rows(self, cos_cache: ir.Value, sin_cache: ir.Value) -> tuple[ir.Value, ir.Value]:
-        """cos/sin [B, 1, S, R/2] at position_ids from [max_pos, R/2] caches, shared by the layers that share them."""
-        key = ("rotary", id(cos_cache), id(sin_cache))
+    def rotary_rows(self, cos_cache: ir.Value, sin_cache: ir.Value, rows: ir.Value) -> tuple[ir.Value, ir.Value]:
+        """cos/sin [B, 1, S, R/2] at rows [B, S] of [max_pos, R/2] caches, shared by the layers that share them."""
+        key = ("rotary", id(cos_cache), id(sin_cache), id(rows))
         if key not in self._cache:
-            self._cache[key] = tuple(self.op("Unsqueeze", self.op("Gather", cache, self.position_ids, axis=0),
-                                             self.const([1])) for cache in (cos_cache, sin_cache))
+            self._cache[key] = tuple(self.op("Unsqueeze", self.op("Gather", cache, rows, axis=0), self.const([1]))
+                                     for cache in (cos_cache, sin_cache))
         return self._cache[key]
 
     def retire(self, node: ir.Node, output: ir.Value) -> None:
