@@ -14,7 +14,7 @@ bucket (phase "prefill" or "decode", every input's shape an int list) and the
 outputs of each in the order the program returns them; `max_context` bounds
 the tokens one sequence may span (max_blocks = ceil(max_context / block_size)).
 `--emit-standard` adds `standard_artifacts` (the dense model at static shapes)
-and, in `standard`, how to feed their KV inputs (see pagedc.mxr_standard).
+and, in `standard`, how to feed their KV inputs (see pagedc.mxr.standard).
 NOTE: these fields are optional with empty defaults, so version-1 manifests
 written before them still load; format_version stays 1.
 """

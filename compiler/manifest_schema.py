@@ -9,7 +9,7 @@ session is built, and the first problem is reported with the field's name:
 
 What the file cannot say about itself (do the artifacts really take these
 inputs, shapes and dtypes?) is checked by the sessions against the loaded
-artifacts (pagedc.runtime.artifact_check, pagedc.runtime.mxr_program).
+artifacts (pagedc.runtime.sessions.artifact_check, pagedc.runtime.sessions.mxr_program).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
 Builds a reference decoder (8 layers, hidden 512, GQA 8/2 heads by default),
 compiles it with `pagedc compile`'s driver, then times single-token decode
 steps side by side in one run (ONNX Runtime CPU, default optimizations, median
-of --repeats alternating rounds after warm-up, pagedc.bench_timer.measure):
+of --repeats alternating rounds after warm-up, pagedc.bench.timer.measure):
 - dense: past of P tokens fed in, present returned (what a dense-cache loop does);
 - paged: the same step on a pool through IOBinding (pools updated in place),
   block table covering P + 1 tokens;
@@ -23,8 +23,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from pagedc.bench_timer import measure
-from pagedc.compile import CompileOptions, compile_model
+from pagedc.bench.timer import measure
+from pagedc.build import CompileOptions, compile_model
 from pagedc.manifest import Manifest
 from pagedc.runtime import OrtPagedSession, PagedKVCacheManager, SessionOptions
 from pagedc.testing import DecoderConfig, build_decoder

@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from pagedc.compile import CompileOptions, compile_model
+from pagedc.build import CompileOptions, compile_model
 from pagedc.runtime import Engine, StepTimes
 from pagedc.testing import DecoderConfig, build_decoder
 

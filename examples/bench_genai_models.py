@@ -119,7 +119,7 @@ def export_optimum(hf: Path, out: Path, log_path: Path) -> Path:
 
 def compile_paged(source: Path, out: Path, num_blocks: int, progress) -> Path:
     """pagedc compile of `source` (ONNX Runtime target, block size 16) into `out`; returns out."""
-    from pagedc.compile import CompileOptions, compile_model
+    from pagedc.build import CompileOptions, compile_model
 
     compile_model(source, out, CompileOptions(block_size=16, num_blocks=num_blocks, target="onnx", overwrite=True),
                   progress=progress)

@@ -41,7 +41,6 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 
 _START = time.perf_counter()
 

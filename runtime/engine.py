@@ -23,19 +23,18 @@ from pathlib import Path
 
 import numpy as np
 
-from pagedc.errors import ManifestError, RequestError
+from pagedc.errors import RequestError
 from pagedc.manifest import Manifest
 from pagedc.runtime.block_manager import PagedKVCacheManager
 from pagedc.runtime.checks import is_int, prompts_list, require_bool, require_int
-from pagedc.runtime.mxr_session import MxrPagedSession
-from pagedc.runtime.ort_session import OrtPagedSession, SessionOptions
+from pagedc.runtime.sessions import SessionOptions, open_session
 from pagedc.runtime.request import Request, Status
 from pagedc.runtime.request_check import check_request, max_model_len
 from pagedc.runtime.sampling import SamplingParams, sample
 from pagedc.runtime.scheduler import Scheduler
 from pagedc.runtime.step_times import PhaseTimes, StepTimes
 
-__all__ = ["Engine", "EngineOptions", "PhaseTimes", "StepTimes", "paged_session"]
+__all__ = ["Engine", "EngineOptions", "PhaseTimes", "StepTimes"]
 
 
 @dataclass(frozen=True)
@@ -58,7 +57,7 @@ class Engine:
             if not isinstance(value, kind):
                 raise RequestError(f"{name} must be a {kind.__name__}, got {type(value).__name__}")
         self.manifest = manifest
-        self.session = session or paged_session(manifest, directory, options)
+        self.session = session or open_session(manifest, directory, options)
         self.manager = PagedKVCacheManager.from_manifest(manifest, engine_options.enable_prefix_caching)
         self.scheduler = Scheduler(self.manager, **_batch_limits(manifest, engine_options))
         self.max_model_len, self._limit_reason = max_model_len(manifest, self.manager.max_tokens_per_sequence())
@@ -239,16 +238,6 @@ class Engine:
                        name: str = "prompt") -> list[int]:
         return check_request(prompt, max_new_tokens, n, sampling, stop_token_ids, cache_key, name=name,
                              vocab_size=self.manifest.vocab_size, limit=(self.max_model_len, self._limit_reason))
-
-
-def paged_session(manifest: Manifest, directory: str | Path, options: SessionOptions = SessionOptions()):
-    """The session for the manifest's backend: the one place the two backends differ."""
-    if manifest.backend == "onnxruntime":
-        return OrtPagedSession(manifest, directory, options)
-    if manifest.backend == "migraphx":
-        return MxrPagedSession(manifest, directory)
-    raise ManifestError(f"{directory}: backend {manifest.backend!r} is not one this pagedc runs "
-                     "(onnxruntime, migraphx); recompile with this pagedc")
 
 
 def _batch_limits(manifest: Manifest, options: EngineOptions) -> dict:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from pagedc.dense_runner import DenseRunner  # noqa: F401  (re-exported for the tests)
+from pagedc.verify.dense_runner import DenseRunner  # noqa: F401  (re-exported for the tests)
 from pagedc.runtime.feeds import SequenceStep, step_feeds
 
 

@@ -14,12 +14,12 @@ from pathlib import Path
 
 from pagedc.manifest import Artifact, LayerPools, Manifest
 from pagedc.model_file import load_model
-from pagedc.mxr_compile import write_lowered
-from pagedc.mxr_check import check_for_migraphx
-from pagedc.mxr_lowering import Bucket, lower_paged
-from pagedc.mxr_standard import lower_standard, standard_note, standard_sites
+from pagedc.mxr.compile import write_lowered
+from pagedc.mxr.check import check_for_migraphx
+from pagedc.mxr.lowering import Bucket, lower_paged
+from pagedc.mxr.standard import lower_standard, standard_note, standard_sites
 from pagedc.passes.paged import rewrite_to_paged
-from pagedc.runtime.bucketed_session import BucketedPagedSession
+from pagedc.runtime.sessions.bucketed import BucketedPagedSession
 from tests.paged_harness import session
 
 

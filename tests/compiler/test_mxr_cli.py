@@ -12,7 +12,7 @@ from onnx import helper
 
 from pagedc.cli import main
 from pagedc.manifest import Artifact, LayerPools, Manifest
-from pagedc.runtime.migraphx_import import is_migraphx_available
+from pagedc.runtime.sessions.migraphx_import import is_migraphx_available
 from pagedc.testing import DecoderConfig, build_decoder
 
 needs_no_migraphx = pytest.mark.skipif(is_migraphx_available(), reason="MIGraphX is installed: mxr would compile")

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from pagedc.model_file import load_model
-from pagedc.mxr_check import check_for_migraphx
-from pagedc.mxr_lowering import Bucket, lower_paged
-from pagedc.mxr_standard import lower_standard, standard_sites
+from pagedc.mxr.check import check_for_migraphx
+from pagedc.mxr.lowering import Bucket, lower_paged
+from pagedc.mxr.standard import lower_standard, standard_sites
 from pagedc.passes.paged import rewrite_to_paged
 from pagedc.runtime.feeds import SequenceStep, step_feeds
-from pagedc.runtime.standard_cache import StandardKVCache
+from pagedc.runtime.sessions.standard_cache import StandardKVCache
 from tests.compiler.mxr_harness import standard_manifest, static_paged_session
 from tests.conftest import BATCHED_EXPORTS, EXPORTS, PAGED_ATOL
 from tests.paged_harness import DenseRunner, blocks_for, shuffled_blocks

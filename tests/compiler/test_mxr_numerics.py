@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pagedc.mxr_lowering import Bucket
+from pagedc.mxr.lowering import Bucket
 from pagedc.runtime.block_manager import PagedKVCacheManager
 from pagedc.runtime.feeds import SequenceStep, step_feeds
 from tests.compiler.mxr_harness import static_paged_session

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from pagedc.cli import main
-from pagedc.compile import CompileOptions, compile_model
+from pagedc.build import CompileOptions, compile_model
 from pagedc.runtime import PagedKVCacheManager
 from tests.conftest import EXPORTS
 from tests.exporters.fixtures import BATCH_ONE
@@ -88,7 +88,7 @@ def test_standard_side_must_be_a_dense_model(compiled, tmp_path):
 
 
 def test_seeded_prompts_are_ragged_and_reproducible():
-    from pagedc.verify import seeded_prompts
+    from pagedc.verify.run import seeded_prompts
 
     first = seeded_prompts(4, 16, 97, seed=1)
     assert [len(p) for p in first] == [16, 14, 12, 10] and first == seeded_prompts(4, 16, 97, seed=1)
@@ -108,8 +108,8 @@ def test_fp16_models_verify_at_the_loose_tier(tmp_path, dense_model, form):
 
 def test_static_standard_artifacts_give_the_dense_logits(dense_model, tmp_path):
     """The --emit-standard side of verify (static KV buffers), run by ONNX Runtime over the lowered graphs."""
-    from pagedc.mxr_lowering import Bucket
-    from pagedc.verify import _run_standard, standard_stepper, static_standard_stepper
+    from pagedc.mxr.lowering import Bucket
+    from pagedc.verify.run import _run_standard, standard_stepper, static_standard_stepper
     from tests.compiler.mxr_harness import standard_manifest
 
     for form in ("decomposed", "gqa"):

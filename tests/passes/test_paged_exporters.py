@@ -72,7 +72,7 @@ def test_ort_fused_dynamo_exports_page_exactly(exported_model_factory, tmp_path,
     import onnx_ir as ir
     from onnxscript.rewriter.ort_fusions import optimize_for_ort
 
-    from pagedc.compile import CompileOptions, compile_model
+    from pagedc.build import CompileOptions, compile_model
     from pagedc.verify import verify
 
     source = exported_model_factory(arch, "dynamo")

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from pagedc.cli import main
-from pagedc.compile import CompileOptions, compile_model
+from pagedc.build import CompileOptions, compile_model
 from pagedc.model_file import load_model
 from pagedc.passes.detect import find_attention_sites
 from pagedc.passes.paged import PagedRewriteError, rewrite_to_paged

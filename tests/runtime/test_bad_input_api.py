@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pagedc.compile import CompileOptions, compile_model
+from pagedc.build import CompileOptions, compile_model
 from pagedc.errors import ManifestError, PagedcError, RequestError
 from pagedc.runtime import Engine, EngineOptions, PagedKVCacheManager, SamplingParams, SessionOptions
 from pagedc.runtime.request import Request

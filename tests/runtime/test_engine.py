@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pagedc.compile import CompileOptions, compile_model
+from pagedc.build import CompileOptions, compile_model
 from pagedc.runtime import Engine, SamplingParams
 from tests.conftest import BATCHED_EXPORTS
 from tests.paged_harness import DenseRunner

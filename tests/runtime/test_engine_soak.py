@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 import pytest
 
-from pagedc.compile import CompileOptions, compile_model
+from pagedc.build import CompileOptions, compile_model
 from pagedc.runtime import Engine, EngineOptions, SamplingParams, SessionOptions
 from pagedc.runtime.request import Status
 from pagedc.testing import DecoderConfig, build_decoder

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from pagedc.mxr_lowering import Bucket
+from pagedc.mxr.lowering import Bucket
 from pagedc.runtime import Engine, EngineOptions
 from tests.compiler.mxr_harness import static_paged_session
 from tests.paged_harness import DenseRunner

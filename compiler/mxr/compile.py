@@ -27,13 +27,13 @@ import onnx_ir as ir
 from pagedc.errors import BackendError
 from pagedc.manifest import Artifact
 from pagedc.model_file import load_model
-from pagedc.mxr_check import check_for_migraphx
-from pagedc.mxr_lowering import Bucket, buckets_for, lower_paged
-from pagedc.mxr_standard import lower_standard, standard_note, standard_sites
-from pagedc.runtime.mxr_program import parameter_problems, parameter_specs
+from pagedc.mxr.check import check_for_migraphx
+from pagedc.mxr.lowering import Bucket, buckets_for, lower_paged
+from pagedc.mxr.standard import lower_standard, standard_note, standard_sites
+from pagedc.runtime.sessions.mxr_program import parameter_problems, parameter_specs
 
 if TYPE_CHECKING:
-    from pagedc.compile import CompileOptions
+    from pagedc.build.compile import CompileOptions
 
 DEFAULT_MAX_CONTEXT = 2048
 LOWERED_DIR = ".lowered"

@@ -20,16 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
-from pagedc.dense_runner import DenseRunner
+from pagedc.verify.dense_runner import DenseRunner
 from pagedc.errors import ModelError
 from pagedc.manifest import Manifest, ManifestError
 from pagedc.model_file import file_sha256, load_model
 from pagedc.passes.detect import find_attention_sites
 from pagedc.runtime import PagedKVCacheManager
-from pagedc.runtime.engine import paged_session
-from pagedc.runtime.migraphx_import import import_migraphx
-from pagedc.runtime.mxr_program import load_program, program_runner
-from pagedc.runtime.standard_cache import StandardKVCache
+from pagedc.runtime.sessions import open_session
+from pagedc.runtime.sessions.migraphx_import import import_migraphx
+from pagedc.runtime.sessions.mxr_program import load_program, program_runner
+from pagedc.runtime.sessions.standard_cache import StandardKVCache
 
 TIERS = {"tight": (1e-5, 1e-4), "medium": (1e-4, 1e-3), "loose": (1e-3, 1e-2)}
 
@@ -189,7 +189,7 @@ def _run_standard(new_sequence, prompts: list[list[int]], decode_steps: int):
 
 
 def _run_paged(manifest: Manifest, directory: Path, prompts: list[list[int]], tokens: list[list[int]], seed: int):
-    session = paged_session(manifest, directory)
+    session = open_session(manifest, directory)
     manager = PagedKVCacheManager.from_manifest(manifest)
     manager.shuffle_free_blocks(seed)
     for i, prompt in enumerate(prompts):

@@ -3,7 +3,7 @@
 A dense model's KV inputs grow every step (past [B, Hkv, P, Dh], P = tokens so
 far), which a static program cannot do. Each form gets the convention its
 attention op already supports (M = max_context; `StandardKVCache` in
-pagedc.runtime.standard_cache implements the feeding):
+pagedc.runtime.sessions.standard_cache implements the feeding):
 
 form gqa ("shared_buffer", genai's past_present_share_buffer): every phase takes
     past [B, Hkv, M, Dh] and attention_mask [B, M]. The sequence's KV sits at
@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from pagedc.mxr_lowering import Bucket, LoweringError, input_shapes, lower_static
+from pagedc.mxr.lowering import Bucket, LoweringError, input_shapes, lower_static
 from pagedc.passes.detect import find_attention_sites
 from pagedc.passes.site import AttentionSite
 

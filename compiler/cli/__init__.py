@@ -14,14 +14,14 @@ import logging
 import click
 
 from pagedc import __version__
-from pagedc.bench_cmd import bench_command
-from pagedc.compile_cmd import compile_command
+from pagedc.cli.bench_cmd import bench_command
+from pagedc.cli.compile_cmd import compile_command
 from pagedc.entry import EXIT_INTERRUPTED
 from pagedc.errors import PagedcError
-from pagedc.generate_cmd import generate_command
-from pagedc.inspect_cmd import inspect_command
-from pagedc.serve_cmd import serve_command
-from pagedc.verify_cmd import verify_command
+from pagedc.cli.generate_cmd import generate_command
+from pagedc.cli.inspect_cmd import inspect_command
+from pagedc.cli.serve_cmd import serve_command
+from pagedc.cli.verify_cmd import verify_command
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 

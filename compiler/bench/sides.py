@@ -21,10 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pagedc.dense_runner import DenseRunner
+from pagedc.verify.dense_runner import DenseRunner
 from pagedc.manifest import Manifest
 from pagedc.runtime.block_manager import PagedKVCacheManager
-from pagedc.runtime.standard_cache import StandardKVCache
+from pagedc.runtime.sessions.standard_cache import StandardKVCache
 
 
 @dataclass(frozen=True)

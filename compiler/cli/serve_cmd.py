@@ -9,8 +9,8 @@ import click
 from pagedc.errors import PagedcError
 from pagedc.manifest import ManifestError
 from pagedc.runtime import EngineOptions
-from pagedc.runtime.migraphx_import import MigraphxUnavailable
-from pagedc.runtime.mxr_program import MxrProgramError
+from pagedc.runtime.sessions.migraphx_import import MigraphxUnavailable
+from pagedc.runtime.sessions.mxr_program import MxrProgramError
 
 
 @click.command("serve")

@@ -1,4 +1,4 @@
-"""What MIGraphX's ONNX parser accepts, as data the checker (pagedc.mxr_check) reads.
+"""What MIGraphX's ONNX parser accepts, as data the checker (pagedc.mxr.check) reads.
 
 Sources (ROCm/AMDMIGraphX, read for this table):
 - src/onnx/onnx_parser.cpp: `parse_graph` looks a node up by `node.op_type()`

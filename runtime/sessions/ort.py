@@ -16,9 +16,9 @@ import onnxruntime as ort
 
 from pagedc.errors import ModelError, RequestError
 from pagedc.manifest import Manifest
-from pagedc.runtime.artifact_check import check_ort_artifact
+from pagedc.runtime.sessions.artifact_check import check_ort_artifact
 from pagedc.runtime.checks import require_int
-from pagedc.runtime.memory import check_pools_fit
+from pagedc.runtime.sessions.memory import check_pools_fit
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ in the first step. Checked when the session is built, one line per problem:
       - pool input 'key_cache.0' has dims [?, 2, 4, 16], the manifest's pool shape is [32, 4, 4, 16]
       - output 'logits' has 97 columns, the manifest's vocab_size is 50
 
-MIGraphX programs are checked the same way by pagedc.runtime.mxr_program.
+MIGraphX programs are checked the same way by pagedc.runtime.sessions.mxr_program.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@
 Loads every artifact with `migraphx.load(path, format="msgpack")`, checks its
 parameters against the manifest (names, dims, dtypes), and feeds NumPy arrays
 wrapped by `migraphx.argument` (no copy). Each step's returned pools become
-the next step's pools (see pagedc.runtime.bucketed_session).
+the next step's pools (see pagedc.runtime.sessions.bucketed).
 
 NOTE: artifacts must be compiled with offload_copy (the default): the program
 then takes and returns host memory. With --no-offload-copy the caller owns
@@ -18,9 +18,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from pagedc.manifest import Manifest
-from pagedc.runtime.bucketed_session import BucketedPagedSession
-from pagedc.runtime.migraphx_import import import_migraphx
-from pagedc.runtime.mxr_program import MxrProgramError, load_program, program_runner
+from pagedc.runtime.sessions.bucketed import BucketedPagedSession
+from pagedc.runtime.sessions.migraphx_import import import_migraphx
+from pagedc.runtime.sessions.mxr_program import MxrProgramError, load_program, program_runner
 
 
 class MxrPagedSession(BucketedPagedSession):

@@ -9,7 +9,7 @@ a failed compile leaves nothing behind and an existing OUT is replaced whole.
 Targets (one explicit branch where they differ):
 - onnx: ONNX Runtime (CPU), one artifact with dynamic batch, sequence and
   block dims serves prefill and decode;
-- mxr: MIGraphX, one static .mxr per shape bucket (pagedc.mxr_compile); every
+- mxr: MIGraphX, one static .mxr per shape bucket (pagedc.mxr.compile); every
   bucket is lowered and checked before MIGraphX is imported or anything written;
 - auto: mxr when `import migraphx` works, else onnx (said on the progress stream).
 """
@@ -26,13 +26,13 @@ import onnx_ir as ir
 
 from pagedc.errors import RequestError
 from pagedc.manifest import Artifact, LayerPools, Manifest
-from pagedc.max_position import max_position
+from pagedc.build.max_position import max_position
 from pagedc.model_file import external_data_files, file_sha256, load_model
-from pagedc.mxr_compile import MxrPlan, plan_mxr, write_mxr
-from pagedc.output_dir import OutputError, check_output, commit, make_staging
+from pagedc.mxr.compile import MxrPlan, plan_mxr, write_mxr
+from pagedc.build.output_dir import OutputError, check_output, commit, make_staging
 from pagedc.passes.paged import RewriteReport, rewrite_to_paged
-from pagedc.runtime.memory import format_bytes, total_memory
-from pagedc.runtime.migraphx_import import MigraphxUnavailable, import_migraphx, is_migraphx_available
+from pagedc.runtime.sessions.memory import format_bytes, total_memory
+from pagedc.runtime.sessions.migraphx_import import MigraphxUnavailable, import_migraphx, is_migraphx_available
 
 log = logging.getLogger(__name__)
 MODEL_FILE = "model.onnx"

@@ -10,7 +10,7 @@ Same interface as OrtPagedSession: `run(feeds) -> logits [B, S, V]`, `pools`,
 NOTE: MIGraphX's ScatterND returns a new buffer instead of updating the pool
 input (DESIGN.md §7), so each step's returned pools *are* the next step's
 pools; nothing is copied back. The run functions come from the backend:
-MIGraphX programs (pagedc.runtime.mxr_session), or anything with the same
+MIGraphX programs (pagedc.runtime.sessions.mxr), or anything with the same
 contract, e.g. ONNX Runtime over the lowered static ONNX in tests.
 """
 
@@ -22,9 +22,9 @@ import numpy as np
 
 from pagedc.errors import ManifestError
 from pagedc.manifest import Artifact, Manifest
-from pagedc.runtime.buckets import pad_feeds, select_artifact, step_shape, unpad_logits
-from pagedc.runtime.memory import check_pools_fit
-from pagedc.runtime.mxr_program import RunFn
+from pagedc.runtime.sessions.buckets import pad_feeds, select_artifact, step_shape, unpad_logits
+from pagedc.runtime.sessions.memory import check_pools_fit
+from pagedc.runtime.sessions.mxr_program import RunFn
 
 LOGITS = "logits"
 

@@ -24,9 +24,9 @@ from pagedc.manifest import FILENAME, Artifact, Manifest
 from pagedc.manifest import ManifestError as ManifestReadError
 from pagedc.model_file import ModelFileError, load_model
 from pagedc.passes.detect import find_attention_sites
-from pagedc.runtime.buckets import BucketError, bucket_shape
-from pagedc.runtime.migraphx_import import MigraphxUnavailable, import_migraphx
-from pagedc.runtime.mxr_program import MxrProgramError, load_program, parameter_specs
+from pagedc.runtime.sessions.buckets import BucketError, bucket_shape
+from pagedc.runtime.sessions.migraphx_import import MigraphxUnavailable, import_migraphx
+from pagedc.runtime.sessions.mxr_program import MxrProgramError, load_program, parameter_specs
 
 PAGED_SEPARATE, PAGED_COMBINED, STANDARD = "paged-separate", "paged-combined", "standard"
 TITLES = {PAGED_SEPARATE: "Paged (separate K/V)", PAGED_COMBINED: "Paged (combined K/V)",
@@ -86,10 +86,7 @@ def detect(path: str | Path) -> ModelKind:
 
 def _from_manifest(path: Path) -> ModelKind:
     directory = path if path.is_dir() else path.parent
-    manifest = Manifest.read(directory)
-    if manifest.backend not in BACKENDS:
-        raise errors.ManifestError(f"{directory / FILENAME}: backend {manifest.backend!r} is not one this pagedc "
-                                   f"runs ({', '.join(BACKENDS)}); recompile with this pagedc")
+    manifest = Manifest.read(directory)          # checked against the schema: backend, layout, shapes
     kind = PAGED_COMBINED if manifest.layout == "combined" else PAGED_SEPARATE
     static = tuple(a for a in manifest.artifacts if a.phase in ("prefill", "decode"))
     positions = _max_positions(load_model(directory / manifest.artifacts[0].path)) \

@@ -1,7 +1,7 @@
 """Static KV buffers for the standard (dense) artifacts `--emit-standard` writes (pure NumPy).
 
 A reference for `verify`: the dense model at static shapes, fed the way
-manifest.standard["kv"] says (pagedc.mxr_standard documents both conventions):
+manifest.standard["kv"] says (pagedc.mxr.standard documents both conventions):
 
     cache = StandardKVCache(manifest, batch=1)
     artifact, feeds = cache.feeds([prompt])              # prefill bucket

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import math
 
-from pagedc.bench_kind import ModelKind
-from pagedc.bench_sides import BenchOptions
+from pagedc.bench.kind import ModelKind
+from pagedc.bench.sides import BenchOptions
 from pagedc.errors import RequestError
 from pagedc.manifest import Artifact
-from pagedc.runtime.buckets import BucketError, StepShape, bucket_shape, select_artifact
+from pagedc.runtime.sessions.buckets import BucketError, StepShape, bucket_shape, select_artifact
 
 
 def check_fits(kind: ModelKind, options: BenchOptions) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from pagedc.verify import TIERS, VerifyReport, verify
+from pagedc.verify.run import TIERS, VerifyReport, verify
 
 
 @click.command("verify")

@@ -2,7 +2,7 @@
 
 Run on each lowered (static) bucket before MIGraphX sees it, so a compile fails
 with one line per problem instead of a parser exception deep inside
-`migraphx.parse_onnx`. The rules and their sources are in pagedc.mxr_ops:
+`migraphx.parse_onnx`. The rules and their sources are in pagedc.mxr.ops:
 
 - unsupported op: no parser registered for the op name ("Unknown operator");
 - ONNX `Attention` (opset 23): the parser dispatches on the name only and would
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import onnx_ir as ir
 
-from pagedc.mxr_ops import (
+from pagedc.mxr.ops import (
     GQA_MAX_INPUTS,
     GQA_MIN_INPUTS,
     GQA_ROTARY_INPUTS,

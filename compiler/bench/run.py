@@ -8,7 +8,7 @@
              rewound to C between rounds
     report:  avg / min / max / median ms per step, tokens/s, pools; time ratio against the first model
 
-The timing loop is pagedc.bench_timer.measure (also used by examples/).
+The timing loop is pagedc.bench.timer.measure (also used by examples/).
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pagedc.bench_kind import ModelKind, as_pagedc_errors, detect
-from pagedc.bench_limits import check_fits, context_chunk
-from pagedc.bench_sides import BenchOptions, DenseSide, PagedSide, StaticStandardSide
-from pagedc.bench_timer import PhaseStats, measure
-from pagedc.dense_runner import DenseRunner
+from pagedc.bench.kind import ModelKind, as_pagedc_errors, detect
+from pagedc.bench.limits import check_fits, context_chunk
+from pagedc.bench.sides import BenchOptions, DenseSide, PagedSide, StaticStandardSide
+from pagedc.bench.timer import PhaseStats, measure
+from pagedc.verify.dense_runner import DenseRunner
 from pagedc.errors import RequestError
-from pagedc.runtime.engine import paged_session
-from pagedc.runtime.ort_session import SessionOptions
-from pagedc.verify import standard_programs
+from pagedc.runtime.sessions import open_session
+from pagedc.runtime.sessions.ort import SessionOptions
+from pagedc.verify.run import standard_programs
 
 log = logging.getLogger(__name__)
 PHASES = ("prefill", "decode")
@@ -94,7 +94,7 @@ def load_side(kind: ModelKind, options: BenchOptions, progress: Callable[[str], 
     progress(f"{kind.path}: loading")
     with as_pagedc_errors():
         if kind.is_paged:
-            session = paged_session(kind.manifest, kind.directory, SessionOptions(intra_op_threads=options.threads))
+            session = open_session(kind.manifest, kind.directory, SessionOptions(intra_op_threads=options.threads))
             return PagedSide(kind.manifest, session, options, context_chunk(kind, options))
         if kind.manifest is not None:
             return StaticStandardSide(kind.manifest, standard_programs(kind.manifest, kind.directory), options)

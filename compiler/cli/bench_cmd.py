@@ -8,9 +8,9 @@ from pathlib import Path
 
 import click
 
-from pagedc.bench import PHASES, BenchReport, bench
-from pagedc.bench_kind import TITLES
-from pagedc.bench_sides import BenchOptions
+from pagedc.bench.run import PHASES, BenchReport, bench
+from pagedc.bench.kind import TITLES
+from pagedc.bench.sides import BenchOptions
 from pagedc.errors import PagedcError
 
 _COLUMNS = ("avg ms", "min ms", "max ms", "median ms", "tokens/s", "x first")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from pagedc.compile import DEVICES, TARGETS, CompileOptions, compile_model
+from pagedc.build.compile import DEVICES, TARGETS, CompileOptions, compile_model
 from pagedc.passes.paged import LAYOUTS
 
 _UNITS = {"": 1, "B": 1, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40,
