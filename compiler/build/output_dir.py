@@ -16,8 +16,8 @@ OUT inside the source's directory (the default, src/model.paged) is fine.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 
 from pagedc.errors import RequestError
@@ -50,14 +50,22 @@ def check_output(out_dir: Path, source: Path, weight_files: list[Path], overwrit
 
 
 def make_staging(out_dir: Path) -> Path:
-    """An empty OUT.tmp-* beside OUT, with the permissions a new directory gets."""
-    try:
-        staging = Path(tempfile.mkdtemp(prefix=f"{out_dir.name}.tmp-", dir=out_dir.parent))
-    except OSError as err:
-        raise OutputError(f"{out_dir.parent}: cannot create the output there ({err.strerror}); "
-                          "choose another -o") from None
-    staging.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; OUT should look like any new directory
-    return staging
+    """An empty OUT.tmp-* beside OUT, made by one mkdir (so with the permissions any new directory gets).
+
+    NOTE: a plain mkdir of a unique name rather than mkdtemp + chmod: mkdtemp makes 0700, and reading
+    the umask to undo that means setting it, process-wide, which races with other threads.
+    """
+    for _ in range(100):
+        staging = out_dir.parent / f"{out_dir.name}.tmp-{secrets.token_hex(4)}"
+        try:
+            staging.mkdir()
+            return staging
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise OutputError(f"{out_dir.parent}: cannot create the output there ({err.strerror}); "
+                              "choose another -o") from None
+    raise OutputError(f"{out_dir.parent}: could not find a free {out_dir.name}.tmp-* name; remove old ones")
 
 
 def commit(staging: Path, out_dir: Path) -> None:
@@ -79,7 +87,3 @@ def _what(precious: Path, source: Path) -> str:
     return f"the source model's weights {precious}"
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
