@@ -26,7 +26,7 @@ import onnxruntime as ort
 from pagedc.bench.timer import measure
 from pagedc.build import CompileOptions, compile_model
 from pagedc.manifest import Manifest
-from pagedc.runtime import OrtPagedSession, PagedKVCacheManager, SessionOptions
+from pagedc.runtime import OrtPagedSession, PagedKVCacheManager, SessionOptions, step_feeds
 from pagedc.testing import DecoderConfig, build_decoder
 
 BLOCK_SIZE = 16
@@ -55,12 +55,8 @@ def paged_step(out_dir: Path, manifest: Manifest, past_len: int):
     session = OrtPagedSession(manifest, out_dir, SessionOptions())
     manager = PagedKVCacheManager.from_manifest(manifest)
     manager.add(0)
-    manager.append(0, past_len + 1)
-    feeds = manager.step_inputs([0])
-    feeds["input_ids"] = np.array([[7]], np.int64)
-    # step_inputs covers the last append (all P + 1 tokens); a decode step writes only the last one.
-    feeds["position_ids"] = feeds["position_ids"][:, -1:]
-    feeds["slot_mapping"] = feeds["slot_mapping"][..., -1:].copy()
+    manager.append(0, past_len)                                  # the cached context (its values do not matter)
+    feeds = step_feeds([manager.append(0, 1, [7])], manifest.block_size, layout=manifest.layout)   # one decode step
     return lambda: session.run(feeds)
 
 

@@ -39,7 +39,7 @@ import numpy as np
 
 from pagedc.errors import RequestError
 from pagedc.runtime.checks import require_bool, require_int, token_ids as checked_token_ids
-from pagedc.runtime.feeds import NULL_BLOCK, SequenceStep, slots_of, step_feeds
+from pagedc.runtime.feeds import NULL_BLOCK, SequenceStep
 
 LAYOUTS = ("separate", "combined")
 Unit = tuple[int, ...]          # (block,) or (key_block, value_block)
@@ -50,7 +50,7 @@ class _Sequence:
     units: list[Unit] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)    # known tokens (hashing needs them)
     num_tokens: int = 0         # tokens whose KV is (or is being) written
-    num_new: int = 0            # tokens of the last append (this step's tokens)
+    num_new: int = 0            # tokens of the last append: reserved, not yet known to be computed
     num_hashed: int = 0         # leading units that are full and registered in the cache
     parent_digest: bytes = b""  # digest of unit num_hashed - 1
     cache_key: str = ""
@@ -167,10 +167,11 @@ class PagedKVCacheManager:
     def can_append(self, seq_id: Hashable, num_new: int) -> bool:
         return self.blocks_needed(seq_id, num_new) <= len(self._free)
 
-    def append(self, seq_id: Hashable, num_new: int, token_ids: Sequence[int] | None = None) -> np.ndarray:
-        """Reserve slots for `num_new` tokens ([n], or [2, n] K/V rows when combined).
+    def append(self, seq_id: Hashable, num_new: int, token_ids: Sequence[int] | None = None) -> SequenceStep:
+        """Reserve slots for `num_new` tokens; returns this sequence's part of the step (its blocks, the new
+        positions and tokens), which `step_feeds` turns into the ABI inputs; `.slots(block_size)` are the slots.
 
-        `token_ids` (the new tokens) let completed blocks join the prefix cache.
+        `token_ids` (the new tokens) let completed blocks join the prefix cache and fill `input_ids`.
         Call `can_append` first: here running out raises before anything changes.
         """
         seq = self._seq(seq_id)
@@ -193,9 +194,8 @@ class PagedKVCacheManager:
         known = len(seq.token_ids)  # tokens given at add() or earlier appends
         if token_ids is not None and known < seq.num_tokens:
             seq.token_ids += list(token_ids)[known - (seq.num_tokens - num_new):]
-        rows = [slots_of([u[row] for u in seq.units], positions, self.block_size)
-                for row in range(2 if self.is_combined else 1)]
-        return np.stack(rows) if self.is_combined else rows[0]
+        key_blocks, value_blocks = self.block_ids(seq_id)
+        return SequenceStep(key_blocks, list(positions), value_blocks, tuple(token_ids) if token_ids is not None else ())
 
     def take_copies(self) -> list[tuple[int, int]]:
         """Block copies (src, dst) the runtime must apply to its pools before the next step."""
@@ -204,18 +204,6 @@ class PagedKVCacheManager:
 
     def max_tokens_per_sequence(self) -> int:
         return self.num_units * self.block_size
-
-    # -- step inputs ---------------------------------------------------------------------
-    def step_inputs(self, seq_ids: Sequence[Hashable], *, num_tokens: int | None = None,
-                    max_blocks: int | None = None, batch: int | None = None) -> dict[str, np.ndarray]:
-        """block_table, slot_mapping, context_lens, position_ids for each sequence's last append."""
-        steps = []
-        for seq_id in seq_ids:
-            seq = self._seq(seq_id)
-            key_blocks, value_blocks = self.block_ids(seq_id)
-            steps.append(SequenceStep(key_blocks, list(range(seq.num_tokens - seq.num_new, seq.num_tokens)), value_blocks))
-        return step_feeds(steps, self.block_size, layout=self.layout, num_tokens=num_tokens,
-                          max_blocks=max_blocks, batch=batch)
 
     # -- accounting --------------------------------------------------------------------
     def stats(self) -> dict:

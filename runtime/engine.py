@@ -26,6 +26,7 @@ import numpy as np
 from pagedc.errors import RequestError
 from pagedc.manifest import Manifest
 from pagedc.runtime.block_manager import PagedKVCacheManager
+from pagedc.runtime.feeds import SequenceStep, step_feeds
 from pagedc.runtime.checks import is_int, prompts_list, require_bool, require_int
 from pagedc.runtime.sessions import SessionOptions, open_session
 from pagedc.runtime.request import Request, Status
@@ -113,13 +114,10 @@ class Engine:
     def step(self) -> list[tuple[int, int]]:
         """Schedule, run, sample. Returns the (request id, token) pairs sampled in this step."""
         self._take_incoming()
-        scheduled = self.scheduler.schedule()
-        self.session.copy_blocks(self.manager.take_copies())
-        # Two runs, so one long prefill chunk does not pad every decode row to its length.
-        decodes = [(r, t) for r, t in scheduled.work if len(t) == 1]
-        prefills = [(r, t) for r, t in scheduled.work if len(t) > 1]
+        scheduled = self.scheduler.schedule()                      # who runs, their blocks and tokens
+        self.session.copy_blocks(scheduled.block_copies)
         events: list[tuple[int, int]] = []
-        for work, phase in ((decodes, self.times.decode), (prefills, self.times.prefill)):
+        for work, phase in ((scheduled.decodes, self.times.decode), (scheduled.prefills, self.times.prefill)):
             if work:
                 events += self._run(work, phase)
         return events
@@ -138,22 +136,20 @@ class Engine:
             elif not request.is_done:
                 self.scheduler.finish(request, Status.ABORTED, "abort")
 
-    def _run(self, work: list[tuple[Request, list[int]]], phase: PhaseTimes) -> list[tuple[int, int]]:
+    def _run(self, work: list[tuple[Request, SequenceStep]], phase: PhaseTimes) -> list[tuple[int, int]]:
         start = time.perf_counter()
-        feeds = self.manager.step_inputs([r.request_id for r, _ in work])
-        feeds["input_ids"] = np.zeros(feeds["position_ids"].shape, np.int64)      # [B, S], padding = token 0
-        for b, (_, tokens) in enumerate(work):
-            feeds["input_ids"][b, : len(tokens)] = tokens
+        feeds = step_feeds([s for _, s in work], self.manifest.block_size, layout=self.manifest.layout)
         run_start = time.perf_counter()
         logits = self.session.run(feeds)                                           # [B, S, V]
         run_s = time.perf_counter() - run_start
         events = []
-        for b, (request, tokens) in enumerate(work):
-            request.num_computed += len(tokens)
+        for b, (request, seq_step) in enumerate(work):
+            num_new = len(seq_step.positions)
+            request.num_computed += num_new
             if request.num_computed == len(request.all_tokens):                    # prompt done or a decode
-                events += self._sample(request, logits[b, len(tokens) - 1])
+                events += self._sample(request, logits[b, num_new - 1])
         phase.num_steps += 1
-        phase.num_tokens += sum(len(t) for _, t in work)
+        phase.num_tokens += sum(len(s.positions) for _, s in work)
         phase.run_s += run_s
         phase.step_s += time.perf_counter() - start
         return events
@@ -186,7 +182,7 @@ class Engine:
                 child.status, child.finish_reason = Status.ABORTED, "abort"
                 continue
             self.manager.fork(parent.request_id, child.request_id)
-            self.scheduler.running.append(child)
+            self.scheduler.add_forked(child)
             children.append(child)
         parent.num_samples = 1
         return children

@@ -9,7 +9,10 @@ Each step (the shape of vLLM v1's and nano-vllm's schedulers):
    `max_num_batched_tokens` budget allow; a prompt longer than what is left of
    the budget is prefilled in chunks across steps; prefix-cached blocks are
    taken at admission and not recomputed.
-Slots are reserved (manager.append) here, so a scheduled step never runs out.
+Slots are reserved (manager.append) here, so a scheduled step never runs out,
+and the step comes out as data: per batch the requests and their
+SequenceSteps (blocks, positions, tokens), plus the block copies to apply
+first; the engine only turns that into feeds (runtime/feeds.step_feeds).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dataclasses import dataclass, field
 
 from pagedc.errors import PagedcError
 from pagedc.runtime.block_manager import PagedKVCacheManager
+from pagedc.runtime.feeds import SequenceStep
 from pagedc.runtime.request import Request, Status
 
 
@@ -28,7 +32,19 @@ class SchedulerStalled(PagedcError, RuntimeError):
 
 @dataclass
 class ScheduledStep:
-    work: list[tuple[Request, list[int]]] = field(default_factory=list)   # request, its tokens this step
+    """One step: what each scheduled request computes, and the block copies to apply before it runs."""
+
+    work: list[tuple[Request, SequenceStep]] = field(default_factory=list)   # request, its part of the step
+    block_copies: list[tuple[int, int]] = field(default_factory=list)       # (src, dst) copy-on-write copies
+
+    @property
+    def decodes(self) -> list[tuple[Request, SequenceStep]]:
+        return [(r, s) for r, s in self.work if len(s.positions) == 1]
+
+    @property
+    def prefills(self) -> list[tuple[Request, SequenceStep]]:
+        """Prompt chunks; run apart from the decodes, so one long chunk does not pad every decode row."""
+        return [(r, s) for r, s in self.work if len(s.positions) > 1]
 
 
 class Scheduler:
@@ -63,10 +79,15 @@ class Scheduler:
         while self.waiting and len(self.running) < self.max_num_seqs and self._chunk(budget, step) > 0:
             if not self._admit(self.waiting[0], self._chunk(budget, step), step):
                 break
-            budget -= len(step.work[-1][1])
+            budget -= len(step.work[-1][1].positions)
         if not step.work and self.has_work():
             raise SchedulerStalled(self._stall_reason())
+        step.block_copies = self.manager.take_copies()
         return step
+
+    def add_forked(self, request: Request) -> None:
+        """A sample forked from a running request (n > 1) runs from the next step on."""
+        self.running.append(request)
 
     def _stall_reason(self) -> str:
         waiting = self.waiting[0] if self.waiting else None
@@ -78,7 +99,7 @@ class Scheduler:
 
     def _chunk(self, budget: int, step: ScheduledStep) -> int:
         """Prefill tokens one more request may take this step (0 once the prefill run is full)."""
-        num_prefills = sum(1 for _, tokens in step.work if len(tokens) > 1)
+        num_prefills = len(step.prefills)
         return 0 if num_prefills >= self.max_prefill_seqs else min(budget, self.max_prefill_len)
 
     def finish(self, request: Request, status: Status = Status.FINISHED, reason: str | None = None) -> None:
@@ -99,8 +120,7 @@ class Scheduler:
             self._preempt(victim, step)
             if victim is request:
                 return False
-        self.manager.append(request.request_id, len(tokens), tokens)
-        step.work.append((request, tokens))
+        step.work.append((request, self.manager.append(request.request_id, len(tokens), tokens)))
         return True
 
     def _admit(self, request: Request, budget: int, step: ScheduledStep) -> bool:
@@ -114,10 +134,9 @@ class Scheduler:
             request.num_computed = 0
             return False
         self.waiting.popleft()
-        self.manager.append(request.request_id, len(tokens), tokens)
         request.status = Status.RUNNING
         self.running.append(request)
-        step.work.append((request, tokens))
+        step.work.append((request, self.manager.append(request.request_id, len(tokens), tokens)))
         return True
 
     def _preempt(self, request: Request, step: ScheduledStep) -> None:

@@ -24,6 +24,7 @@ import numpy as np
 from pagedc.verify.dense_runner import DenseRunner
 from pagedc.manifest import Manifest
 from pagedc.runtime.block_manager import PagedKVCacheManager
+from pagedc.runtime.feeds import step_feeds
 from pagedc.runtime.sessions.standard_cache import StandardKVCache
 
 
@@ -79,11 +80,9 @@ class PagedSide:
             manager.add(seq)
         steps = []
         for length in lengths:
-            for seq in range(batch):
-                manager.append(seq, length)
-            feeds = manager.step_inputs(list(range(batch)))
-            feeds["input_ids"] = _tokens(self.rng, (batch, length), manifest.vocab_size)
-            steps.append(feeds)
+            tokens = _tokens(self.rng, (batch, length), manifest.vocab_size)            # [B, length]
+            seq_steps = [manager.append(seq, length, tokens[seq].tolist()) for seq in range(batch)]
+            steps.append(step_feeds(seq_steps, manifest.block_size, layout=manifest.layout))
         return steps
 
 

@@ -25,7 +25,7 @@ from pagedc.errors import ModelError
 from pagedc.manifest import Manifest, ManifestError
 from pagedc.model_file import file_sha256, load_model
 from pagedc.passes.detect import find_attention_sites
-from pagedc.runtime import PagedKVCacheManager
+from pagedc.runtime import PagedKVCacheManager, step_feeds
 from pagedc.runtime.sessions import open_session
 from pagedc.runtime.sessions.migraphx_import import import_migraphx
 from pagedc.runtime.sessions.mxr_program import load_program, program_runner
@@ -197,13 +197,8 @@ def _run_paged(manifest: Manifest, directory: Path, prompts: list[list[int]], to
     logits = []
     for new in [prompts] + tokens:
         new = [n if isinstance(n, list) else [n] for n in new]
-        for i, toks in enumerate(new):
-            manager.append(i, len(toks))
-        feeds = manager.step_inputs(list(range(len(prompts))))
-        feeds["input_ids"] = np.zeros(feeds["position_ids"].shape, np.int64)
-        for i, toks in enumerate(new):
-            feeds["input_ids"][i, : len(toks)] = toks
-        step_logits = session.run(feeds)                                 # [B, S, V]
+        steps = [manager.append(i, len(toks), toks) for i, toks in enumerate(new)]
+        step_logits = session.run(step_feeds(steps, manifest.block_size, layout=manifest.layout))   # [B, S, V]
         logits.append([step_logits[i, : len(toks)] for i, toks in enumerate(new)])
     return logits
 

@@ -2,7 +2,7 @@
 
 A MIGraphX manifest holds one artifact per bucket (prefill [B, S_prefill],
 decode [B, 1], each with max_blocks MB). A step from
-`PagedKVCacheManager.step_inputs` has any B, S, MB no larger than some bucket;
+`step_feeds` has any B, S, MB no larger than some bucket;
 the smallest bucket (fewest token slots B*S) that fits runs it.
 
 Padding is zeros everywhere, which the paged ABI (DESIGN.md §3) makes inert:

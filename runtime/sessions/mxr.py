@@ -1,7 +1,7 @@
 """MIGraphX session: the .mxr of each shape bucket, run as a BucketedPagedSession.
 
     session = MxrPagedSession(Manifest.read("model.paged"), "model.paged")
-    logits = session.run(manager.step_inputs(seq_ids) | {"input_ids": ids})   # [B, S, V]
+    logits = session.run(step_feeds(steps, block_size))   # steps: PagedKVCacheManager.append results; [B, S, V]
 
 Loads every artifact with `migraphx.load(path, format="msgpack")`, checks its
 parameters against the manifest (names, dims, dtypes), and feeds NumPy arrays

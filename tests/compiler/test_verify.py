@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from pagedc.cli import main
 from pagedc.build import CompileOptions, compile_model
-from pagedc.runtime import PagedKVCacheManager
+from pagedc.runtime import step_feeds
 from tests.conftest import EXPORTS
 from tests.exporters.fixtures import BATCH_ONE
 
@@ -52,14 +52,14 @@ def test_verify_json_report(compiled):
 def test_verify_catches_two_swapped_blocks(compiled, monkeypatch):
     """A planted bug: the block table lists a sequence's first two blocks in the wrong order."""
     paged, dense = compiled("decomposed")
-    step_inputs = PagedKVCacheManager.step_inputs
+    import pagedc.verify.run as verify_run
 
-    def swapped(self, seq_ids, **kw):
-        feeds = step_inputs(self, seq_ids, **kw)
+    def swapped(steps, *args, **kw):
+        feeds = step_feeds(steps, *args, **kw)
         feeds["block_table"][0, [0, 1]] = feeds["block_table"][0, [1, 0]]
         return feeds
 
-    monkeypatch.setattr(PagedKVCacheManager, "step_inputs", swapped)
+    monkeypatch.setattr(verify_run, "step_feeds", swapped)
     result = _run("verify", paged, dense, "--decode-steps", "3")
     assert result.exit_code == 1
     assert result.stdout.strip().splitlines()[-1].startswith("FAIL at tier medium")
