@@ -33,26 +33,31 @@ def format_bytes(num: int | float) -> str:
 
 def total_memory() -> int | None:
     """Bytes of physical memory this process may use (machine total, capped by a cgroup limit)."""
-    total = _meminfo("MemTotal")
+    total = _system_bytes("MemTotal", "SC_PHYS_PAGES")
     if total is None:
-        try:
-            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        except (ValueError, OSError, AttributeError):
-            return None
+        return None
     limit = _read_first(_CGROUP_LIMITS)
     return min(total, limit) if limit else total
 
 
 def available_memory() -> int | None:
     """Bytes that can be allocated now without swapping (MemAvailable, capped by cgroup headroom)."""
-    available = _meminfo("MemAvailable")
+    available = _system_bytes("MemAvailable", "SC_AVPHYS_PAGES")
     if available is None:
-        try:
-            available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-        except (ValueError, OSError, AttributeError):
-            return None
+        return None
     limit, usage = _read_first(_CGROUP_LIMITS), _read_first(_CGROUP_USAGE)
     return min(available, limit - usage) if limit and usage is not None else available
+
+
+def _system_bytes(meminfo_key: str, sysconf_pages: str) -> int | None:
+    """/proc/meminfo's `meminfo_key`, else sysconf pages x page size; None where neither is there."""
+    value = _meminfo(meminfo_key)
+    if value is not None:
+        return value
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf(sysconf_pages)
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def check_pools_fit(pool_bytes: int, bytes_per_block: int, where: str) -> None:
