@@ -54,7 +54,9 @@ def test_a_pool_too_small_for_all_runs_requests_in_waves(compiled):
 def test_stream_yields_the_same_tokens_as_they_come(compiled):
     engine = Engine.from_manifest(compiled("decomposed")[0])
     events = list(engine.stream(PROMPTS, max_new_tokens=5))
-    assert [i for i, _ in events[:4]] == [0, 1, 2, 3]                # one prefill step yields every prompt's first token
+    # the first prefill run yields several prompts' first tokens at once (the 9-token prompt is chunked to the
+    # run's width of 7 and finishes a step later: scheduler._chunk)
+    assert [i for i, _ in events[:3]] == [0, 1, 3]
     by_prompt = [[t for i, t in events if i == k] for k in range(4)]
     assert by_prompt == engine.generate(PROMPTS, max_new_tokens=5)
 
