@@ -18,7 +18,7 @@ import onnx_ir as ir
 
 from pagedc.passes import graph_walk as gw
 from pagedc.passes import mask_facts, site_facts
-from pagedc.passes.site import AttentionSite, Miss
+from pagedc.passes.site import AttentionSite, FusedNodes, Mask, Miss
 
 
 @dataclass(frozen=True)
@@ -87,8 +87,8 @@ def _site(node: ir.Node, op_form: _OpForm, past_key: ir.Value, past_value: ir.Va
         past_value=past_value.name,
         present_key=node.outputs[1].name,
         present_value=node.outputs[2].name,
+        nodes=FusedNodes(op=node, row_guard=mask_facts.row_guard(node.outputs[0])),
         graph_position=position,
-        nodes={"op": node, **mask_facts.guard_roles(node.outputs[0])},
     )
 
 
@@ -106,22 +106,17 @@ def _head_dim_from_query(node: ir.Node, num_heads: int | None, num_kv_heads: int
     return width // heads if width and heads and width % heads == 0 else None
 
 
-def _int_attr(node: ir.Node, name: str, default: int | None = None) -> int | None:
-    attr = node.attributes.get(name)
-    return attr.as_int() if attr is not None else default
-
-
 def _heads(node: ir.Node, form: str, past_key: ir.Value) -> tuple[int | None, int | None]:
     if form == "gqa":
-        return _int_attr(node, "num_heads"), _int_attr(node, "kv_num_heads")
+        return gw.attr(node, "num_heads"), gw.attr(node, "kv_num_heads")
     if form == "mha":
-        heads = _int_attr(node, "num_heads")
+        heads = gw.attr(node, "num_heads")
         return heads, gw.static_dim(past_key, 1) or heads
-    return _int_attr(node, "q_num_heads"), _int_attr(node, "kv_num_heads")
+    return gw.attr(node, "q_num_heads"), gw.attr(node, "kv_num_heads")
 
 
 def _rotary(node: ir.Node, form: str) -> str:
-    if form == "gqa" and _int_attr(node, "do_rotary", 0):
+    if form == "gqa" and gw.attr(node, "do_rotary", 0):
         has_positions = _input(node, 9) is not None
         source = "position_ids" if has_positions else "seqlens_k"
         return f"inside GroupQueryAttention (do_rotary=1), positions from {source}"
@@ -129,19 +124,19 @@ def _rotary(node: ir.Node, form: str) -> str:
     return site_facts.rotary_of(key) if key is not None else "none"
 
 
-def _mask(node: ir.Node, op_form: _OpForm) -> str:
+def _mask(node: ir.Node, op_form: _OpForm) -> Mask:
     mask = _input(node, op_form.mask_index) if op_form.mask_index is not None else None
     if op_form.form == "gqa":
-        window = _int_attr(node, "local_window_size", -1)
-        kind = f"sliding window {window}" if window and window > 0 else "causal"
+        window = gw.attr(node, "local_window_size", -1)
+        kind = Mask.sliding_window(window) if window and window > 0 else Mask.causal()
         if mask is None:
             return kind
         if mask.is_graph_input():
-            return f"other: attention_bias input '{mask.name}'"
+            return Mask.other(f"attention_bias input '{mask.name}'")
         # ORT fusions of transformers' exports (batch 1) pass the causal mask as attention_bias.
-        bias = site_facts.classify_mask(mask)
-        return kind if bias == "causal" else bias
+        bias = mask_facts.classify_mask(mask)
+        return kind if bias.kind == "causal" else bias
     if mask is not None:
-        return site_facts.classify_mask(mask)
-    causal = _int_attr(node, "is_causal" if op_form.form == "attention" else "unidirectional", 0)
-    return "causal" if causal else f"other: {node.op_type} without a mask and not causal"
+        return mask_facts.classify_mask(mask)
+    causal = gw.attr(node, "is_causal" if op_form.form == "attention" else "unidirectional", 0)
+    return Mask.causal() if causal else Mask.other(f"{node.op_type} without a mask and not causal")

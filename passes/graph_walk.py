@@ -86,6 +86,12 @@ def ancestors(value: ir.Value, max_nodes: int = 5000,
     return result
 
 
+def attr(node: ir.Node, name: str, default=None):
+    """The value of a node attribute (int, float, ints, ...), or `default` when the node does not set it."""
+    attribute = node.attributes.get(name)
+    return attribute.value if attribute is not None else default
+
+
 def const_ints(value: ir.Value | None) -> list[int] | None:
     """The contents of a small integer constant (initializer or Constant node), else None."""
     if value is None:

@@ -15,6 +15,7 @@ import math
 
 import onnx_ir as ir
 
+from pagedc.passes import graph_walk as gw
 from pagedc.passes.grouped_attention import attend
 from pagedc.passes.paged_builder import PagedBuilder
 from pagedc.passes.site import AttentionSite
@@ -22,13 +23,8 @@ from pagedc.passes.site import AttentionSite
 _UNSUPPORTED_INPUTS = {4: "key_padding_mask", 8: "past_sequence_length", 9: "cache_indirection"}
 
 
-def _attr(node: ir.Node, name: str, default):
-    attr = node.attributes.get(name)
-    return attr.value if attr is not None else default
-
-
 def check_mha(site: AttentionSite) -> str | None:
-    node = site.nodes["op"]
+    node = site.nodes.op
     for index, name in _UNSUPPORTED_INPUTS.items():
         if index < len(node.inputs) and node.inputs[index] is not None:
             return f"MultiHeadAttention with {name} is not supported"
@@ -42,12 +38,12 @@ def check_mha(site: AttentionSite) -> str | None:
 
 
 def rewrite_mha(site: AttentionSite, builder: PagedBuilder, pools: list[ir.Value]) -> list[ir.Value]:
-    node, b = site.nodes["op"], builder
+    node, b = site.nodes.op, builder
     h, dh = site.num_heads, site.head_dim
     q, k, v = _with_bias(b, node, h * dh)
     k, v = (b.op("Reshape", x, b.const([0, 0, h, dh])) for x in (k, v))                    # [B, S, H, Dh]
     outs, key, value = b.write_and_read(pools, k, v, h, tokens_first=True, grouped=True)
-    scale = _attr(node, "scale", 0.0) or 1.0 / math.sqrt(dh)
+    scale = gw.attr(node, "scale", 0.0) or 1.0 / math.sqrt(dh)
     b.retire(node, attend(b, q, key, value, h, h, dh, scale, 0.0, pools[0].dtype, site.window,
                           tokens_first=True))                                             # [B, S, H·Dh]
     return outs

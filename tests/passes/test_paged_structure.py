@@ -29,7 +29,7 @@ def test_separate_layout_abi(dense_model, form):
     assert not any("past" in n or n == "attention_mask" for n in inputs)
     assert not any("present" in n for n in outputs)
     grouped = {"grouped attention (repeat-kv removed)": 2} if form == "decomposed" else {}
-    assert report.rewrites == {form: 2, **grouped} and report.added_position_ids == (form == "gqa")
+    assert report.forms == {form: 2} and report.rules == grouped and report.added_position_ids == (form == "gqa")
     assert "Expand" not in {n.op_type for n in model.graph}, "K/V are still repeated per query head"
     onnx.checker.check_model(ir.to_proto(model), full_check=True)
 
@@ -39,8 +39,8 @@ def test_combined_layout_abi(dense_model):
     inputs = _shapes(model.graph.inputs)
     assert inputs["block_table"] == ["batch_size", 2, "max_blocks"]
     assert inputs["slot_mapping"] == [2, "num_tokens"]
-    assert [p.inputs for p in report.pools] == [["kv_cache.0"], ["kv_cache.1"]]
-    assert [p.outputs for p in report.pools] == [["kv_cache_out.0"], ["kv_cache_out.1"]]
+    assert [p.inputs for p in report.pools] == [("kv_cache.0",), ("kv_cache.1",)]
+    assert [p.outputs for p in report.pools] == [("kv_cache_out.0",), ("kv_cache_out.1",)]
 
 
 @pytest.mark.parametrize("layout", ["separate", "combined"])
