@@ -42,7 +42,7 @@ def find_fused_sites(graph: ir.Graph, claimed: set[str]) -> tuple[list[Attention
         op_form = _OP_FORMS.get((_domain(node), node.op_type))
         if op_form is None:
             continue
-        past_key, past_value = _input(node, op_form.past_key_index), _input(node, op_form.past_key_index + 1)
+        past_key, past_value = gw.input_at(node, op_form.past_key_index), gw.input_at(node, op_form.past_key_index + 1)
         if past_key is None and past_value is None:
             continue  # attention without a KV cache (e.g. an encoder): not a site
         problem = _past_problem(node, past_key, past_value)
@@ -55,10 +55,6 @@ def find_fused_sites(graph: ir.Graph, claimed: set[str]) -> tuple[list[Attention
 
 def _domain(node: ir.Node) -> str:
     return "" if node.domain == "ai.onnx" else node.domain
-
-
-def _input(node: ir.Node, index: int) -> ir.Value | None:
-    return node.inputs[index] if index < len(node.inputs) else None
 
 
 def _past_problem(node: ir.Node, past_key: ir.Value | None, past_value: ir.Value | None) -> str | None:
@@ -97,7 +93,7 @@ def _head_dim_from_query(node: ir.Node, num_heads: int | None, num_kv_heads: int
 
     The query is [B, S, H·Dh], or packed QKV [B, S, (H + 2·Hkv)·Dh] when the key input is empty.
     """
-    query, is_packed = node.inputs[0], _input(node, 1) is None
+    query, is_packed = node.inputs[0], gw.input_at(node, 1) is None
     width = gw.static_dim(query, -1) if query.shape is not None and len(query.shape) == 3 else None
     if width is None:
         projections = [n for n in site_facts.local_ancestors(query, max_nodes=4) if site_facts.is_projection(n)]
@@ -117,15 +113,15 @@ def _heads(node: ir.Node, form: str, past_key: ir.Value) -> tuple[int | None, in
 
 def _rotary(node: ir.Node, form: str) -> str:
     if form == "gqa" and gw.attr(node, "do_rotary", 0):
-        has_positions = _input(node, 9) is not None
+        has_positions = gw.input_at(node, 9) is not None
         source = "position_ids" if has_positions else "seqlens_k"
         return f"inside GroupQueryAttention (do_rotary=1), positions from {source}"
-    key = _input(node, 1)
+    key = gw.input_at(node, 1)
     return site_facts.rotary_of(key) if key is not None else "none"
 
 
 def _mask(node: ir.Node, op_form: _OpForm) -> Mask:
-    mask = _input(node, op_form.mask_index) if op_form.mask_index is not None else None
+    mask = gw.input_at(node, op_form.mask_index) if op_form.mask_index is not None else None
     if op_form.form == "gqa":
         window = gw.attr(node, "local_window_size", -1)
         kind = Mask.sliding_window(window) if window and window > 0 else Mask.causal()

@@ -92,6 +92,19 @@ def attr(node: ir.Node, name: str, default=None):
     return attribute.value if attribute is not None else default
 
 
+def input_at(node: ir.Node, index: int) -> ir.Value | None:
+    """node.inputs[index], or None when the node leaves that optional input out."""
+    return node.inputs[index] if index < len(node.inputs) else None
+
+
+def unsupported_input(node: ir.Node, names: dict[int, str]) -> str | None:
+    """"<op> with <name> is not supported" for the first optional input (index -> name) the node is given."""
+    for index, name in names.items():
+        if input_at(node, index) is not None:
+            return f"{node.op_type} with {name} is not supported"
+    return None
+
+
 def const_ints(value: ir.Value | None) -> list[int] | None:
     """The contents of a small integer constant (initializer or Constant node), else None."""
     if value is None:

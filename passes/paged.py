@@ -24,7 +24,7 @@ from pagedc.passes.rewrite_attention import check_attention, rewrite_attention
 from pagedc.passes.rewrite_decomposed import check_decomposed, rewrite_decomposed
 from pagedc.passes.rewrite_gqa import check_gqa, rewrite_gqa
 from pagedc.passes.rewrite_mha import check_mha, rewrite_mha
-from pagedc.passes.site import AttentionSite
+from pagedc.passes.site import AttentionSite, FusedNodes
 
 LAYOUTS = ("separate", "combined")
 _REWRITERS = {
@@ -149,6 +149,9 @@ def _why_not_pageable(site: AttentionSite) -> str | None:
                 "a custom or bias mask would silently change results")
     if not (site.num_kv_heads and site.head_dim):
         return "past_key needs static KV-head and head dims ([B, Hkv, P, Dh])"
+    if not site.num_heads and isinstance(site.nodes, FusedNodes):
+        return (f"{site.nodes.op.op_type}'s number of query heads is unknown (no num_heads / q_num_heads "
+                "attribute, and the query is not [B, H, S, Dh])")
     return _REWRITERS[site.form][0](site)
 
 

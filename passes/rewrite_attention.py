@@ -17,20 +17,20 @@ import math
 import onnx_ir as ir
 
 from pagedc.passes import graph_walk as gw
+from pagedc.passes import graph_walk as gw
 from pagedc.passes.grouped_attention import attend
 from pagedc.passes.paged_builder import PagedBuilder
 from pagedc.passes.site import AttentionSite
+
+
+_UNSUPPORTED_INPUTS = {6: "nonpad_kv_seqlen"}
 
 
 def check_attention(site: AttentionSite) -> str | None:
     node = site.nodes.op
     if len(node.outputs) > 3 and node.outputs[3].uses():
         return "Attention's qk_matmul_output is used; the paged rewrite does not produce it"
-    if len(node.inputs) > 6 and node.inputs[6] is not None:
-        return "Attention with nonpad_kv_seqlen is not supported"
-    if not (site.num_heads and site.num_kv_heads and site.head_dim):
-        return "q_num_heads / kv_num_heads or head_dim is unknown (needs 4-D inputs or the head attributes)"
-    return None
+    return gw.unsupported_input(node, _UNSUPPORTED_INPUTS)
 
 
 def rewrite_attention(site: AttentionSite, builder: PagedBuilder, pools: list[ir.Value]) -> list[ir.Value]:

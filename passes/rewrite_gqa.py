@@ -32,15 +32,14 @@ from pagedc.passes.paged_builder import PagedBuilder
 from pagedc.passes.site import AttentionSite
 
 
+_UNSUPPORTED_INPUTS = {11: "head_sink"}
+
+
 def check_gqa(site: AttentionSite) -> str | None:
     node = site.nodes.op
     if gw.attr(node, "smooth_softmax", 0):
         return "GroupQueryAttention with smooth_softmax=1 (attention sink) is not supported"
-    if len(node.inputs) > 11 and node.inputs[11] is not None:
-        return "GroupQueryAttention with head_sink is not supported"
-    if not (site.num_heads and site.num_kv_heads and site.head_dim):
-        return "num_heads, kv_num_heads or head_dim is unknown (past_key needs a static head dim)"
-    return None
+    return gw.unsupported_input(node, _UNSUPPORTED_INPUTS)
 
 
 def rewrite_gqa(site: AttentionSite, builder: PagedBuilder, pools: list[ir.Value]) -> list[ir.Value]:
@@ -53,7 +52,7 @@ def rewrite_gqa(site: AttentionSite, builder: PagedBuilder, pools: list[ir.Value
         rotary = fused_rotary if b.fuse_rotary else apply_rotary
         # The op's own position_ids (input 9) index the caches when given: transformers' ORT-fused exports
         # pass per-token cos/sin rows there with positions 0..S-1.
-        rows = node.inputs[9] if len(node.inputs) > 9 and node.inputs[9] is not None else b.position_ids
+        rows = b.position_ids if gw.input_at(node, 9) is None else node.inputs[9]
         q = rotary(b, q, node.inputs[7], node.inputs[8], rows, interleaved, h, dh)
         k = rotary(b, k, node.inputs[7], node.inputs[8], rows, interleaved, hkv, dh)
     outs, key, value = b.write_and_read(pools, k, v, hkv, grouped=True)

@@ -25,16 +25,13 @@ _UNSUPPORTED_INPUTS = {4: "key_padding_mask", 8: "past_sequence_length", 9: "cac
 
 def check_mha(site: AttentionSite) -> str | None:
     node = site.nodes.op
-    for index, name in _UNSUPPORTED_INPUTS.items():
-        if index < len(node.inputs) and node.inputs[index] is not None:
-            return f"MultiHeadAttention with {name} is not supported"
     for index, name in ((0, "query"), (1, "key"), (2, "value")):
         value = node.inputs[index]
         if value is None or (value.shape is not None and len(value.shape) != 3):
             return f"MultiHeadAttention's {name} must be [B, S, H·Dh] (packed or 4-D inputs are not supported)"
-    if not (site.num_heads and site.head_dim) or site.num_kv_heads != site.num_heads:
-        return "num_heads or head_dim is unknown, or past_key's heads differ from num_heads"
-    return None
+    if site.num_kv_heads != site.num_heads:
+        return "past_key's heads differ from num_heads (MultiHeadAttention has no grouped KV heads)"
+    return gw.unsupported_input(node, _UNSUPPORTED_INPUTS)
 
 
 def rewrite_mha(site: AttentionSite, builder: PagedBuilder, pools: list[ir.Value]) -> list[ir.Value]:
@@ -52,7 +49,7 @@ def rewrite_mha(site: AttentionSite, builder: PagedBuilder, pools: list[ir.Value
 def _with_bias(b: PagedBuilder, node: ir.Node, width: int) -> tuple[ir.Value, ir.Value, ir.Value]:
     """query, key, value plus their parts of the packed bias [3·H·Dh], when there is one."""
     q, k, v = node.inputs[:3]
-    bias = node.inputs[3] if len(node.inputs) > 3 else None
+    bias = gw.input_at(node, 3)
     if bias is None:
         return q, k, v
     parts = [b.op("Slice", bias, b.const([i * width]), b.const([(i + 1) * width]), b.const([0])) for i in range(3)]
