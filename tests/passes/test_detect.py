@@ -63,3 +63,14 @@ def test_kv_input_feeding_an_unknown_pattern_is_a_miss(tmp_path):
     assert detection.sites == []
     assert [m.value for m in detection.misses] == ["past_key_values.0.key"]
     assert "Relu" in detection.misses[0].reason
+
+
+def test_a_mask_reads_back_as_inspect_shows_it_and_refuses_a_window_on_the_wrong_kind():
+    assert [str(m) for m in (Mask.causal(), Mask.sliding_window(4), Mask.other("bias input 'b'"))] == [
+        "causal", "sliding window 4", "other: bias input 'b'"]
+    assert Mask.sliding_window(4).window == 4 and Mask.causal().window is None
+    assert not Mask.other("x").is_pageable and Mask.sliding_window(4).is_pageable
+    with pytest.raises(ValueError, match="a window goes with kind 'sliding_window' only"):
+        Mask("causal", window=4)
+    with pytest.raises(ValueError, match="mask kind must be one of"):
+        Mask("alibi")
