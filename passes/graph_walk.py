@@ -86,6 +86,25 @@ def ancestors(value: ir.Value, max_nodes: int = 5000,
     return result
 
 
+def attr(node: ir.Node, name: str, default=None):
+    """The value of a node attribute (int, float, ints, ...), or `default` when the node does not set it."""
+    attribute = node.attributes.get(name)
+    return attribute.value if attribute is not None else default
+
+
+def input_at(node: ir.Node, index: int) -> ir.Value | None:
+    """node.inputs[index], or None when the node leaves that optional input out."""
+    return node.inputs[index] if index < len(node.inputs) else None
+
+
+def unsupported_input(node: ir.Node, names: dict[int, str]) -> str | None:
+    """"<op> with <name> is not supported" for the first optional input (index -> name) the node is given."""
+    for index, name in names.items():
+        if input_at(node, index) is not None:
+            return f"{node.op_type} with {name} is not supported"
+    return None
+
+
 def const_ints(value: ir.Value | None) -> list[int] | None:
     """The contents of a small integer constant (initializer or Constant node), else None."""
     if value is None:

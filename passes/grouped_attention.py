@@ -39,8 +39,7 @@ def repeat_kv_path(start: ir.Value, matmul: ir.Node, operand: int, transposed: b
         if node is None:
             return False
         if node.op_type == "Transpose":
-            perm = node.attributes["perm"].as_ints() if "perm" in node.attributes else None
-            if list(perm or []) != [0, 1, 3, 2]:
+            if list(gw.attr(node, "perm", [])) != [0, 1, 3, 2]:
                 return False
             num_transposes += 1
         elif node.op_type == "Unsqueeze":
@@ -53,17 +52,18 @@ def repeat_kv_path(start: ir.Value, matmul: ir.Node, operand: int, transposed: b
 
 
 def can_group(site: AttentionSite) -> bool:
-    key_out, value_out = site.nodes["key_concat"].outputs[0], site.nodes["value_concat"].outputs[0]
+    nodes = site.nodes
+    key_out, value_out = nodes.key_concat.outputs[0], nodes.value_concat.outputs[0]
     return bool(site.num_heads) and site.num_heads % site.num_kv_heads == 0 and (
-        repeat_kv_path(key_out, site.nodes["qk_matmul"], 1, transposed=True)
-        and repeat_kv_path(value_out, site.nodes["pv_matmul"], 1, transposed=False))
+        repeat_kv_path(key_out, nodes.qk_matmul, 1, transposed=True)
+        and repeat_kv_path(value_out, nodes.pv_matmul, 1, transposed=False))
 
 
 def group_attention(site: AttentionSite, builder: PagedBuilder, key: ir.Value, value: ir.Value) -> None:
     """Replace the layer's QKᵀ and probs·V MatMuls by grouped ones reading key/value [B,Hkv,T,Dh] directly."""
     b = builder
     h, hkv, dh = site.num_heads, site.num_kv_heads, site.head_dim
-    qk, pv = site.nodes["qk_matmul"], site.nodes["pv_matmul"]
+    qk, pv = site.nodes.qk_matmul, site.nodes.pv_matmul
     # [B, Hkv, 1, T, Dh]; the 4-D K/V stay for whatever else of the model reads the context (e.g. its Shape)
     key, value = (b.op("Unsqueeze", x, b.const([2])) for x in (key, value))
     q = b.op("Reshape", qk.inputs[0], b.const([0, hkv, h // hkv, -1, dh]))              # [B, Hkv, G, S, Dh]

@@ -1,4 +1,4 @@
-"""What one layer's mask is: "causal", "sliding window N" or "other: <why>"; and its fully-masked-row guard.
+"""What one layer's mask is (a site.Mask: causal, sliding window N, or other and why); its fully-masked-row guard.
 
 A mask (additive bias or boolean) is the causal mask the paged mask replaces
 when the graph computes it only from the step's own facts: the graph inputs
@@ -11,7 +11,7 @@ and query positions must be in it, and its float constants must be scalars
     Range(P + S) ──LessOrEqual(q_pos)─And─▶ Not ─Cast─Mul(min)─▶ bias [B,1,S,T] ─▶ Add(scores) | GQA attention_bias
     Range(S) + P (past shape) ─────┘
 
-Anything else stays "other": a bias that is a graph input, one that reads a
+Anything else is "other": a bias that is a graph input, one that reads a
 weight or a per-head constant (ALiBi slopes, learned relative bias), one
 computed from activations.
 
@@ -32,6 +32,7 @@ import re
 import onnx_ir as ir
 
 from pagedc.passes import graph_walk as gw
+from pagedc.passes.site import Mask
 
 COMPARE_OPS = frozenset({"Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Trilu"})
 REDUCE_OPS = frozenset({"ReduceSum", "ReduceMax", "ReduceMin"})
@@ -45,20 +46,20 @@ def _mask_nodes(value: ir.Value) -> list[ir.Node]:
     return gw.ancestors(value, max_nodes=2000, is_boundary=lambda node: node.op_type in _SHAPE_OPS)
 
 
-def classify_mask(mask: ir.Value | None) -> str:
-    """"causal", "sliding window N" or "other: <why>" for the additive/boolean mask of one layer."""
+def classify_mask(mask: ir.Value | None) -> Mask:
+    """Causal, sliding window N or other (and why) for the additive/boolean mask of one layer."""
     if mask is None:
-        return "other: no mask found before Softmax"
+        return Mask.other("no mask found before Softmax")
     if mask.is_graph_input():
-        return f"other: mask comes from graph input '{mask.name}' (bias or custom mask)"
+        return Mask.other(f"mask comes from graph input '{mask.name}' (bias or custom mask)")
     nodes = _mask_nodes(mask)
     if not any(n.op_type in COMPARE_OPS for n in nodes):
-        return "other: no causal comparison in the mask"
+        return Mask.other("no causal comparison in the mask")
     foreign = foreign_source(nodes)
     if foreign:
-        return f"other: the mask {foreign}, not only from attention_mask/position_ids/shapes"
+        return Mask.other(f"the mask {foreign}, not only from attention_mask/position_ids/shapes")
     window = _window_size(nodes)
-    return f"sliding window {window}" if window else "causal"
+    return Mask.sliding_window(window) if window else Mask.causal()
 
 
 def foreign_source(nodes: list[ir.Node]) -> str | None:
@@ -118,8 +119,3 @@ def _is_zero(value: ir.Value | None) -> bool:
     tensor = ir.convenience.get_const_tensor(value) if value is not None else None
     return tensor is not None and tensor.size <= 64 and not tensor.numpy().any()
 
-
-def guard_roles(attention_out: ir.Value) -> dict[str, ir.Node]:
-    """{"row_guard": Where} for AttentionSite.nodes when a row guard follows the attention output, else {}."""
-    guard = row_guard(attention_out)
-    return {"row_guard": guard} if guard is not None else {}

@@ -24,7 +24,7 @@ from pagedc.passes.rewrite_attention import check_attention, rewrite_attention
 from pagedc.passes.rewrite_decomposed import check_decomposed, rewrite_decomposed
 from pagedc.passes.rewrite_gqa import check_gqa, rewrite_gqa
 from pagedc.passes.rewrite_mha import check_mha, rewrite_mha
-from pagedc.passes.site import AttentionSite
+from pagedc.passes.site import AttentionSite, FusedNodes
 
 LAYOUTS = ("separate", "combined")
 _REWRITERS = {
@@ -44,19 +44,30 @@ class PagedRewriteError(ModelError):
         super().__init__(f"cannot rewrite to paged attention ({len(problems)} problem(s)):\n{lines}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class PoolNames:
+    """One layer's pool inputs and outputs, field for field pagedc.manifest.LayerPools (which passes cannot
+    import: pagedc.build.compile turns these into LayerPools)."""
+
     layer: int
-    inputs: list[str]   # [key_cache.i, value_cache.i] or [kv_cache.i]
-    outputs: list[str]
+    inputs: tuple[str, ...]    # ("key_cache.i", "value_cache.i") or ("kv_cache.i",)
+    outputs: tuple[str, ...]   # ("key_cache_out.i", "value_cache_out.i") or ("kv_cache_out.i",)
+
+
+def pool_names(layer: int, layout: str) -> PoolNames:
+    if layout == "combined":
+        return PoolNames(layer, (f"kv_cache.{layer}",), (f"kv_cache_out.{layer}",))
+    return PoolNames(layer, (f"key_cache.{layer}", f"value_cache.{layer}"),
+                     (f"key_cache_out.{layer}", f"value_cache_out.{layer}"))
 
 
 @dataclass
 class RewriteReport:
-    """What the rewrite did: counts per rule and the ABI it produced."""
+    """What the rewrite did: layers per source form, layers per optional rule, and the ABI it produced."""
 
     num_layers: int = 0
-    rewrites: dict[str, int] = field(default_factory=dict)     # form -> layers rewritten
+    forms: dict[str, int] = field(default_factory=dict)        # source form -> layers rewritten
+    rules: dict[str, int] = field(default_factory=dict)        # optional rule (e.g. grouped attention) -> layers
     removed_inputs: list[str] = field(default_factory=list)
     removed_outputs: list[str] = field(default_factory=list)
     added_inputs: list[str] = field(default_factory=list)
@@ -89,13 +100,15 @@ def rewrite_to_paged(model: ir.Model, *, block_size: int = 16, layout: str = "se
     report = _start_report(sites, block_size, layout, builder)
     for site in sites:
         _bypass_row_guard(site)
-        pools = _add_pools(builder, site, layout, num_blocks)
+        names = pool_names(site.layer, layout)
+        pools = _add_pools(builder, site, names, num_blocks)
         outs = _REWRITERS[site.form][1](site, builder, pools)
-        _repair_past_shapes(builder, site)
-        _name_pool_outputs(graph, site, outs, layout)
-        report.pools.append(PoolNames(site.layer, [p.name for p in pools], [o.name for o in outs]))
-        report.rewrites[site.form] = report.rewrites.get(site.form, 0) + 1
-    report.rewrites.update(builder.rule_counts)
+        for name in (site.past_key, site.past_value):
+            builder.replace_past_shapes(_graph_input(graph, name), site.num_kv_heads, site.head_dim)
+        _name_pool_outputs(graph, outs, names, pools[0])
+        report.pools.append(names)
+        report.forms[site.form] = report.forms.get(site.form, 0) + 1
+    report.rules.update(builder.rule_counts)
     passed_through = _remove_cache_passthroughs(graph)
     _cleanup(model)
     report.removed_inputs = _remove_inputs(graph, kv_inputs)
@@ -131,40 +144,23 @@ def _pageable_sites(model: ir.Model) -> list[AttentionSite]:
 def _why_not_pageable(site: AttentionSite) -> str | None:
     if site.form not in _REWRITERS:
         return f"source form '{site.form}' is detected but not rewritten yet"
-    if site.mask != "causal" and site.window is None:
-        return (f"mask is {site.mask!r}; the paged mask is causal (optionally windowed): "
+    if not site.mask.is_pageable:
+        return (f"mask is {str(site.mask)!r}; the paged mask is causal (optionally windowed): "
                 "a custom or bias mask would silently change results")
     if not (site.num_kv_heads and site.head_dim):
         return "past_key needs static KV-head and head dims ([B, Hkv, P, Dh])"
+    if not site.num_heads and isinstance(site.nodes, FusedNodes):
+        return (f"{site.nodes.op.op_type}'s number of query heads is unknown (no num_heads / q_num_heads "
+                "attribute, and the query is not [B, H, S, Dh])")
     return _REWRITERS[site.form][0](site)
 
 
 def _bypass_row_guard(site: AttentionSite) -> None:
     """Where(no key visible, 0, out) -> out: under the paged mask every real query sees its own key
     (mask_facts.row_guard); the guard would keep the dense mask, attention_mask and past shapes alive."""
-    guard = site.nodes.get("row_guard")
+    guard = site.nodes.row_guard
     if guard is not None:
         guard.outputs[0].replace_all_uses_with(guard.inputs[2])
-
-
-def _repair_past_shapes(builder: PagedBuilder, site: AttentionSite) -> None:
-    """Shape(past) left after a layer's rewrite -> [B, Hkv, T - S, Dh], a virtual past of T - S tokens.
-
-    transformers' exports with ORT's GroupQueryAttention size seqlens_k and the
-    rotary caches from the past's shape; rewrite_decomposed repairs its own
-    layers, so this only sees the fused forms' leftovers.
-    """
-    for name in (site.past_key, site.past_value):
-        past = _graph_input(builder.graph, name)
-        for node, _ in list(past.uses()) if past is not None else []:
-            if node.op_type != "Shape":
-                continue
-            start = node.attributes["start"].as_int() if "start" in node.attributes else 0
-            end = node.attributes["end"].as_int() if "end" in node.attributes else 4
-            virtual = builder.past_shape(site.num_kv_heads, site.head_dim)                   # [4] int64
-            if (start, end) != (0, 4):
-                virtual = builder.op("Slice", virtual, builder.const([start]), builder.const([end]))
-            node.outputs[0].replace_all_uses_with(virtual)
 
 
 def _remove_cache_passthroughs(graph: ir.Graph) -> list[tuple[str, str]]:
@@ -208,17 +204,14 @@ def _start_report(sites: list[AttentionSite], block_size: int, layout: str, buil
     )
 
 
-def _add_pools(builder: PagedBuilder, site: AttentionSite, layout: str, num_blocks: int | None) -> list[ir.Value]:
+def _add_pools(builder: PagedBuilder, site: AttentionSite, names: PoolNames, num_blocks: int | None) -> list[ir.Value]:
     past = _graph_input(builder.graph, site.past_key)
     dims = (num_blocks or "num_blocks", site.num_kv_heads, site.head_dim, past.dtype)
-    names = [f"kv_cache.{site.layer}"] if layout == "combined" else [f"key_cache.{site.layer}", f"value_cache.{site.layer}"]
-    return [builder.pool_input(name, *dims) for name in names]
+    return [builder.pool_input(name, *dims) for name in names.inputs]
 
 
-def _name_pool_outputs(graph: ir.Graph, site: AttentionSite, outs: list[ir.Value], layout: str) -> None:
-    names = [f"kv_cache_out.{site.layer}"] if layout == "combined" else [f"key_cache_out.{site.layer}", f"value_cache_out.{site.layer}"]
-    pool = _graph_input(graph, names[0].replace("_out", ""))
-    for out, name in zip(outs, names):
+def _name_pool_outputs(graph: ir.Graph, outs: list[ir.Value], names: PoolNames, pool: ir.Value) -> None:
+    for out, name in zip(outs, names.outputs):
         out.name = name
         out.dtype, out.shape = pool.dtype, pool.shape
         graph.outputs.append(out)

@@ -39,6 +39,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from pagedc.passes import graph_walk as gw
+
 INT32, INT64 = ir.DataType.INT32, ir.DataType.INT64
 
 
@@ -149,6 +151,23 @@ class PagedBuilder:
             self._cache[key] = self.op("Concat", self.op("Slice", batch_seq, self.const([0]), self.const([1])),
                                        self.const([num_kv_heads]), past_len, self.const([head_dim]), axis=0)
         return self._cache[key]
+
+    def replace_past_shapes(self, past: ir.Value, num_kv_heads: int, head_dim: int) -> None:
+        """Shape(past) -> past_shape(): a virtual past of T - S tokens, so the total length a model computes is T.
+
+        NOTE: built from the step inputs, not from a layer's gathered K: exports (torch.onnx dynamo) read one
+        layer's past shape for the whole model's mask and reshapes, and transformers' exports with ORT's
+        GroupQueryAttention size seqlens_k and the rotary caches from it; a dependence on a later layer's K
+        would be a cycle.
+        """
+        for node, _ in list(past.uses()):
+            if node.op_type != "Shape":
+                continue
+            start, end = gw.attr(node, "start", 0), gw.attr(node, "end", 4)
+            virtual = self.past_shape(num_kv_heads, head_dim)                                # [4] int64
+            if (start, end) != (0, 4):
+                virtual = self.op("Slice", virtual, self.const([start]), self.const([end]))
+            node.outputs[0].replace_all_uses_with(virtual)
 
     def heads_shape(self, num_heads: int) -> ir.Value:
         """[0, num_heads, -1, T]: a Reshape target that regroups scores [B, ·, ·, ·, T] by heads."""

@@ -26,43 +26,38 @@ import math
 
 import onnx_ir as ir
 
+from pagedc.passes import graph_walk as gw
 from pagedc.passes.grouped_attention import attend
 from pagedc.passes.paged_builder import PagedBuilder
 from pagedc.passes.site import AttentionSite
 
 
-def _attr(node: ir.Node, name: str, default):
-    attr = node.attributes.get(name)
-    return attr.value if attr is not None else default
+_UNSUPPORTED_INPUTS = {11: "head_sink"}
 
 
 def check_gqa(site: AttentionSite) -> str | None:
-    node = site.nodes["op"]
-    if _attr(node, "smooth_softmax", 0):
+    node = site.nodes.op
+    if gw.attr(node, "smooth_softmax", 0):
         return "GroupQueryAttention with smooth_softmax=1 (attention sink) is not supported"
-    if len(node.inputs) > 11 and node.inputs[11] is not None:
-        return "GroupQueryAttention with head_sink is not supported"
-    if not (site.num_heads and site.num_kv_heads and site.head_dim):
-        return "num_heads, kv_num_heads or head_dim is unknown (past_key needs a static head dim)"
-    return None
+    return gw.unsupported_input(node, _UNSUPPORTED_INPUTS)
 
 
 def rewrite_gqa(site: AttentionSite, builder: PagedBuilder, pools: list[ir.Value]) -> list[ir.Value]:
-    node = site.nodes["op"]
+    node = site.nodes.op
     b = builder
     h, hkv, dh = site.num_heads, site.num_kv_heads, site.head_dim
     q, k, v = _split_heads(b, node, h, hkv, dh)                                        # [B, ·, S, Dh]
-    if _attr(node, "do_rotary", 0):
-        interleaved = bool(_attr(node, "rotary_interleaved", 0))
+    if gw.attr(node, "do_rotary", 0):
+        interleaved = bool(gw.attr(node, "rotary_interleaved", 0))
         rotary = fused_rotary if b.fuse_rotary else apply_rotary
         # The op's own position_ids (input 9) index the caches when given: transformers' ORT-fused exports
         # pass per-token cos/sin rows there with positions 0..S-1.
-        rows = node.inputs[9] if len(node.inputs) > 9 and node.inputs[9] is not None else b.position_ids
+        rows = b.position_ids if gw.input_at(node, 9) is None else node.inputs[9]
         q = rotary(b, q, node.inputs[7], node.inputs[8], rows, interleaved, h, dh)
         k = rotary(b, k, node.inputs[7], node.inputs[8], rows, interleaved, hkv, dh)
     outs, key, value = b.write_and_read(pools, k, v, hkv, grouped=True)
-    scale = _attr(node, "scale", 0.0) or 1.0 / math.sqrt(dh)
-    out = attend(b, q, key, value, h, hkv, dh, scale, _attr(node, "softcap", 0.0), pools[0].dtype, site.window)
+    scale = gw.attr(node, "scale", 0.0) or 1.0 / math.sqrt(dh)
+    out = attend(b, q, key, value, h, hkv, dh, scale, gw.attr(node, "softcap", 0.0), pools[0].dtype, site.window)
     out = b.op("Transpose", out, perm=[0, 2, 1, 3])                                   # [B, S, H, Dh]
     b.retire(node, b.op("Reshape", out, b.const([0, 0, h * dh])))                     # [B, S, H·Dh]
     return outs

@@ -9,7 +9,6 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from pagedc.passes import graph_walk as gw
-from pagedc.passes.mask_facts import classify_mask  # noqa: F401  (re-exported: detect_* call site_facts.classify_mask)
 
 PROJECTION_OPS = frozenset({"MatMul", "Gemm", "MatMulNBits", "MatMulInteger"})
 

@@ -76,7 +76,7 @@ def compile_model(source: Path, out_dir: Path, options: CompileOptions,
     progress("rewriting attention layers to paged attention")
     model, report = rewrite_to_paged(model, block_size=options.block_size, layout=options.layout,
                                      fuse_rotary=target == "onnx")
-    progress(f"rewrote {report.num_layers} layer(s): " + ", ".join(f"{n} {form}" for form, n in report.rewrites.items()))
+    progress(f"rewrote {report.num_layers} layer(s): {_rewrite_summary(report)}")
     num_blocks = _num_blocks(report, options)
     plan = plan_mxr(source, model, num_blocks, options, progress) if target == "mxr" else None
     migraphx = _import_migraphx() if target == "mxr" else None
@@ -103,6 +103,13 @@ def compile_model(source: Path, out_dir: Path, options: CompileOptions,
              f"{len(manifest.artifacts)} {manifest.backend} artifact(s)"
              + (f", positions up to {manifest.max_position}" if manifest.max_position else "") + ")")
     return manifest
+
+
+def _rewrite_summary(report: RewriteReport) -> str:
+    """"2 decomposed; rules applied: grouped attention (repeat-kv removed) on 2 layer(s)"."""
+    forms = ", ".join(f"{n} {form}" for form, n in report.forms.items())
+    rules = ", ".join(f"{rule} on {n} layer(s)" for rule, n in report.rules.items())
+    return forms + (f"; rules applied: {rules}" if rules else "")
 
 
 def resolve_target(options: CompileOptions, progress: Callable[[str], None]) -> str:
@@ -166,7 +173,7 @@ def _manifest(source: Path, model: ir.Model, report: RewriteReport, num_blocks: 
         num_layers=report.num_layers, num_heads=report.num_heads, num_kv_heads=report.num_kv_heads,
         head_dim=report.head_dim, kv_dtype=ir.DataType[report.kv_dtype.upper()].numpy().name,
         block_size=options.block_size, num_blocks=num_blocks, layout=options.layout,
-        pools=tuple(LayerPools(p.layer, tuple(p.inputs), tuple(p.outputs)) for p in report.pools),
+        pools=tuple(LayerPools(p.layer, p.inputs, p.outputs) for p in report.pools),   # PoolNames -> contract
         artifacts=(Artifact(MODEL_FILE, "any", inputs, dtypes),),
         vocab_size=vocab if isinstance(vocab, int) else None, max_position=max_position(model, source),
         abi=_abi_note(options.layout),

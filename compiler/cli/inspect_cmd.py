@@ -58,7 +58,7 @@ def _as_dict(model: str, detection: Detection) -> dict:
 
 def _table(detection: Detection) -> str:
     rows = [_COLUMNS] + [
-        (str(s.layer), s.form, _num(s.num_heads), _num(s.num_kv_heads), _num(s.head_dim), s.rotary, s.mask,
+        (str(s.layer), s.form, _num(s.num_heads), _num(s.num_kv_heads), _num(s.head_dim), s.rotary, str(s.mask),
          f"{s.past_key}, {s.past_value}", f"{s.present_key}, {s.present_value}")
         for s in detection.sites
     ]

@@ -8,6 +8,7 @@ import pytest
 
 from pagedc.model_file import load_model
 from pagedc.passes.detect import find_attention_sites
+from pagedc.passes.site import Mask
 from pagedc.runtime.feeds import SequenceStep
 from tests.conftest import EXPORTS, PAGED_ATOL, paged_copy
 from tests.paged_harness import DenseRunner, PagedRunner, blocks_for, shuffled_blocks
@@ -16,7 +17,7 @@ BLOCK_SIZE, NUM_BLOCKS, VOCAB = 4, 48, 1000
 # (heads, KV heads, head dim, has rotary) of the tiny models tests/exporters/make_hf_model.py builds
 SHAPES = {"llama": (4, 2, 32, True), "qwen2": (4, 2, 32, True), "phi3": (4, 2, 32, True), "gpt2": (4, 4, 32, False),
           "qwen3": (4, 2, 32, True), "mistral": (4, 2, 32, True)}
-MASKS = {"mistral": "sliding window 5"}  # make_hf_model.SLIDING_WINDOW; the others are causal
+MASKS = {"mistral": Mask.sliding_window(5)}  # make_hf_model.SLIDING_WINDOW; the others are causal
 FUSED = {"genai", "transformers-b1"}     # exporters whose attention is one GroupQueryAttention op
 BATCH_ONE = {"transformers-b1"}          # exports whose batch is specialised to 1
 
@@ -27,7 +28,7 @@ def test_every_layer_of_every_export_is_found(exported_model_factory, arch, expo
     assert detection.misses == []
     heads, kv_heads, head_dim, has_rotary = SHAPES[arch]
     assert [(s.layer, s.num_heads, s.num_kv_heads, s.head_dim, s.mask) for s in detection.sites] == [
-        (i, heads, kv_heads, head_dim, MASKS.get(arch, "causal")) for i in range(2)]
+        (i, heads, kv_heads, head_dim, MASKS.get(arch, Mask.causal())) for i in range(2)]
     expected_form = "gqa" if exporter in FUSED else "decomposed"
     assert {s.form for s in detection.sites} == {expected_form}
     assert all((s.rotary != "none") == has_rotary for s in detection.sites)

@@ -17,6 +17,7 @@ from pagedc.build import CompileOptions, compile_model
 from pagedc.model_file import load_model
 from pagedc.passes.detect import find_attention_sites
 from pagedc.passes.paged import PagedRewriteError, rewrite_to_paged
+from pagedc.passes.site import FusedNodes, Mask
 from pagedc.verify import verify
 
 KV_HEADS, HEAD_DIM = 2, 32
@@ -65,9 +66,9 @@ def test_prefill_graph_is_refused_pointing_at_decode(exported_model_factory, tmp
 def test_attention_bias_of_fused_batch1_export_is_recognised(exported_model_factory, arch):
     sites = find_attention_sites(load_model(exported_model_factory(arch, "transformers-b1"))).sites
     assert [s.form for s in sites] == ["gqa"] * 2
-    assert all(s.nodes["op"].inputs[10] is not None for s in sites)   # the bias is there ...
-    assert {s.mask for s in sites} == {"sliding window 5" if arch == "mistral" else "causal"}  # ... and causal
-    assert all("row_guard" in s.nodes for s in sites)
+    assert all(isinstance(s.nodes, FusedNodes) and s.nodes.op.inputs[10] is not None for s in sites)   # the bias is there ...
+    assert {s.mask for s in sites} == {Mask.sliding_window(5) if arch == "mistral" else Mask.causal()}  # ... and causal
+    assert all(s.nodes.row_guard is not None for s in sites)
 
 
 def _bias_plus_per_head_constant(model):
