@@ -113,9 +113,15 @@ class Manifest:
         return (self.num_blocks, self.num_kv_heads, self.block_size, self.head_dim)
 
     def bytes_per_block(self) -> int:
-        """Bytes one block id costs across all layers (K and V pools together in the separate layout)."""
-        per_pool = self.num_kv_heads * self.block_size * self.head_dim * np.dtype(self.kv_dtype).itemsize
-        return per_pool * self.num_layers * (2 if self.layout == "separate" else 1)
+        return bytes_per_block(self.num_layers, self.num_kv_heads, self.block_size, self.head_dim, self.kv_dtype,
+                               self.layout)
+
+
+def bytes_per_block(num_layers: int, num_kv_heads: int, block_size: int, head_dim: int, kv_dtype: str,
+                    layout: str) -> int:
+    """Bytes one block id costs across all layers (K and V pools together in the separate layout)."""
+    per_pool = num_kv_heads * block_size * head_dim * np.dtype(kv_dtype).itemsize
+    return per_pool * num_layers * (2 if layout == "separate" else 1)
 
 
 def _manifest_path(path: Path) -> Path:

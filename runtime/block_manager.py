@@ -38,10 +38,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pagedc.errors import RequestError
+from pagedc.manifest_schema import LAYOUTS
 from pagedc.runtime.checks import require_bool, require_int, token_ids as checked_token_ids
 from pagedc.runtime.feeds import NULL_BLOCK, SequenceStep
 
-LAYOUTS = ("separate", "combined")
 Unit = tuple[int, ...]          # (block,) or (key_block, value_block)
 
 

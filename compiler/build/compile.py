@@ -25,7 +25,7 @@ from typing import Callable
 import onnx_ir as ir
 
 from pagedc.errors import RequestError
-from pagedc.manifest import Artifact, LayerPools, Manifest
+from pagedc.manifest import Artifact, LayerPools, Manifest, bytes_per_block
 from pagedc.build.max_position import max_position
 from pagedc.model_file import external_data_files, file_sha256, load_model
 from pagedc.mxr.compile import MxrPlan, plan_mxr, write_mxr
@@ -143,9 +143,8 @@ def _copy_tokenizer(source_dir: Path, staging: Path, progress: Callable[[str], N
 
 def _num_blocks(report: RewriteReport, options: CompileOptions) -> int:
     """Blocks per pool: --num-blocks, or as many as --kv-memory holds; refused when the machine cannot hold them."""
-    itemsize = int(ir.DataType[report.kv_dtype.upper()].itemsize)
-    per_block = report.num_layers * report.num_kv_heads * options.block_size * report.head_dim * itemsize
-    per_block *= 2 if options.layout == "separate" else 1
+    per_block = bytes_per_block(report.num_layers, report.num_kv_heads, options.block_size, report.head_dim,
+                                _numpy_dtype(report.kv_dtype), options.layout)
     num_blocks = options.num_blocks if options.num_blocks is not None else options.kv_memory // per_block
     given = f"--num-blocks {num_blocks}" if options.num_blocks is not None else f"--kv-memory {format_bytes(options.kv_memory)}"
     if num_blocks < 2:
@@ -171,7 +170,7 @@ def _manifest(source: Path, model: ir.Model, report: RewriteReport, num_blocks: 
     fields = dict(
         backend="onnxruntime", target="cpu", source_model=source.name, source_sha256=file_sha256(source),
         num_layers=report.num_layers, num_heads=report.num_heads, num_kv_heads=report.num_kv_heads,
-        head_dim=report.head_dim, kv_dtype=ir.DataType[report.kv_dtype.upper()].numpy().name,
+        head_dim=report.head_dim, kv_dtype=_numpy_dtype(report.kv_dtype),
         block_size=options.block_size, num_blocks=num_blocks, layout=options.layout,
         pools=tuple(LayerPools(p.layer, p.inputs, p.outputs) for p in report.pools),   # PoolNames -> contract
         artifacts=(Artifact(MODEL_FILE, "any", inputs, dtypes),),
@@ -203,3 +202,8 @@ def _abi_note(layout: str) -> dict:
         "position_ids": "[batch, seq] int64: absolute position of each new token",
         "visible": "key j is visible to the query at position p iff j <= p and j < context_lens[b]",
     }
+
+
+def _numpy_dtype(onnx_name: str) -> str:
+    """The manifest's NumPy dtype name ("float32") of an onnx_ir element type name ("float")."""
+    return ir.DataType[onnx_name.upper()].numpy().name
