@@ -170,19 +170,11 @@ class PagedBuilder:
             node.outputs[0].replace_all_uses_with(virtual)
 
     def heads_shape(self, num_heads: int) -> ir.Value:
-        """[0, num_heads, -1, T]: a Reshape target that regroups scores [B, ·, ·, ·, T] by heads."""
+        """[0, num_heads, -1, T]: a Reshape target that regroups scores [B, ·, ·, T] by heads."""
         key = ("heads_shape", num_heads)
         if key not in self._cache:
             width = self.op("Unsqueeze", self.context_width(), self.const([0]))
             self._cache[key] = self.op("Concat", self.const([0, num_heads, -1]), width, axis=0)
-        return self._cache[key]
-
-    def grouped_shape(self, num_kv_heads: int, group: int) -> ir.Value:
-        """[0, Hkv, G, -1, T]: a Reshape target that groups scores [B, H, S, T] per KV head."""
-        key = ("grouped_shape", num_kv_heads, group)
-        if key not in self._cache:
-            width = self.op("Unsqueeze", self.context_width(), self.const([0]))
-            self._cache[key] = self.op("Concat", self.const([0, num_kv_heads, group, -1]), width, axis=0)
         return self._cache[key]
 
     def block_ids(self, row: int) -> ir.Value:
@@ -210,15 +202,16 @@ class PagedBuilder:
             self._cache[key] = self.op("Unsqueeze", visible, self.const([1]))
         return self._cache[key]
 
-    def additive_mask(self, dtype: ir.DataType, window: int | None = None, grouped: bool = False) -> ir.Value:
-        """[B, 1, S, T] of 0 where visible, the dtype's most negative finite value elsewhere.
+    def additive_mask(self, dtype: ir.DataType, window: int | None = None, group: int = 1) -> ir.Value:
+        """[B, 1, group·S, T] of 0 where visible, the dtype's most negative finite value elsewhere.
 
-        grouped: [B, 1, 1, S, T], for scores laid out [B, Hkv, G, S, T] (grouped attention).
+        group > 1 repeats the rows for scores laid out [B, Hkv, G·S, T] (row g·S + s is query s of
+        head g of the KV head's group), so grouped attention adds the mask without regrouping scores.
         """
-        key = ("additive", dtype, window, grouped)
+        key = ("additive", dtype, window, group)
         if key not in self._cache:
-            if grouped:
-                mask = self.op("Unsqueeze", self.additive_mask(dtype, window), self.const([1]))
+            if group > 1:
+                mask = self.op("Tile", self.additive_mask(dtype, window), self.const([1, 1, group, 1]))
             else:
                 np_dtype = dtype.numpy()
                 zero = self.const(np.zeros((), np_dtype), dtype=np_dtype)
@@ -245,11 +238,10 @@ class PagedBuilder:
 
     # -- per layer -----------------------------------------------------------------
     def write_and_read(self, pools: list[ir.Value], new_key: ir.Value, new_value: ir.Value,
-                       num_kv_heads: int, tokens_first: bool = False, grouped: bool = False):
+                       num_kv_heads: int, tokens_first: bool = False):
         """Scatter the new K/V into the pool(s); gather each sequence's K and V [B, Hkv, T, Dh].
 
-        new_key/new_value are [B, Hkv, S, Dh], or [B, S, Hkv, Dh] with tokens_first. grouped:
-        K/V come as [B, Hkv, 1, T, Dh], to broadcast over the G query heads of grouped attention.
+        new_key/new_value are [B, Hkv, S, Dh], or [B, S, Hkv, Dh] with tokens_first.
         Returns (pool outputs, key, value).
         """
         indices = self.write_indices(num_kv_heads, tokens_first)
@@ -261,12 +253,10 @@ class PagedBuilder:
         else:
             outs = [self.op("ScatterND", pools[0], indices, new_key), self.op("ScatterND", pools[1], indices, new_value)]
             key_src, value_src = outs
-        shape = self.const([0, num_kv_heads] + ([1] if grouped else []) + [-1, pools[0].shape[3]])
-        key = self._read(key_src, 0, num_kv_heads, shape)
-        value = self._read(value_src, 1, num_kv_heads, shape)
-        return outs, key, value
+        shape = self.const([0, num_kv_heads, -1, pools[0].shape[3]])
+        return outs, self._read(key_src, 0, num_kv_heads, shape), self._read(value_src, 1, num_kv_heads, shape)
 
     def _read(self, pool: ir.Value, row: int, num_kv_heads: int, shape: ir.Value) -> ir.Value:
-        """[B, Hkv, (1,) T, Dh]: the K (row 0) or V (row 1) blocks of every sequence, whole blocks at a time."""
+        """[B, Hkv, T, Dh]: the K (row 0) or V (row 1) blocks of every sequence, whole blocks at a time."""
         blocks = self.op("GatherND", pool, self.read_indices(row, num_kv_heads))        # [B, Hkv, MB, bs, Dh]
         return self.op("Reshape", blocks, shape)

@@ -40,7 +40,7 @@ def rewrite_attention(site: AttentionSite, builder: PagedBuilder, pools: list[ir
     q, k, v = node.inputs[:3]
     if is_3d:   # K/V [B, S, heads·Dh] -> [B, S, heads, Dh], token-first for the scatter; Q stays as it is
         k, v = (b.op("Reshape", x, b.const([0, 0, hkv, dh])) for x in (k, v))
-    outs, key, value = b.write_and_read(pools, k, v, hkv, tokens_first=is_3d, grouped=True)
+    outs, key, value = b.write_and_read(pools, k, v, hkv, tokens_first=is_3d)
     scale = gw.attr(node, "scale", 0.0) or 1.0 / math.sqrt(dh)
     out = attend(b, q, key, value, h, hkv, dh, scale, gw.attr(node, "softcap", 0.0), pools[0].dtype,
                  site.window, tokens_first=is_3d)                                              # like Q

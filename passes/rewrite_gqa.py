@@ -55,7 +55,7 @@ def rewrite_gqa(site: AttentionSite, builder: PagedBuilder, pools: list[ir.Value
         rows = b.position_ids if gw.input_at(node, 9) is None else node.inputs[9]
         q = rotary(b, q, node.inputs[7], node.inputs[8], rows, interleaved, h, dh)
         k = rotary(b, k, node.inputs[7], node.inputs[8], rows, interleaved, hkv, dh)
-    outs, key, value = b.write_and_read(pools, k, v, hkv, grouped=True)
+    outs, key, value = b.write_and_read(pools, k, v, hkv)
     scale = gw.attr(node, "scale", 0.0) or 1.0 / math.sqrt(dh)
     out = attend(b, q, key, value, h, hkv, dh, scale, gw.attr(node, "softcap", 0.0), pools[0].dtype, site.window)
     out = b.op("Transpose", out, perm=[0, 2, 1, 3])                                   # [B, S, H, Dh]

@@ -39,7 +39,7 @@ def rewrite_mha(site: AttentionSite, builder: PagedBuilder, pools: list[ir.Value
     h, dh = site.num_heads, site.head_dim
     q, k, v = _with_bias(b, node, h * dh)
     k, v = (b.op("Reshape", x, b.const([0, 0, h, dh])) for x in (k, v))                    # [B, S, H, Dh]
-    outs, key, value = b.write_and_read(pools, k, v, h, tokens_first=True, grouped=True)
+    outs, key, value = b.write_and_read(pools, k, v, h, tokens_first=True)
     scale = gw.attr(node, "scale", 0.0) or 1.0 / math.sqrt(dh)
     b.retire(node, attend(b, q, key, value, h, h, dh, scale, 0.0, pools[0].dtype, site.window,
                           tokens_first=True))                                             # [B, S, H·Dh]
