@@ -1,5 +1,5 @@
 """`python -m pagedc` is the `pagedc` command."""
 
-from pagedc.cli import main
+from pagedc.entry import run
 
-main(prog_name="pagedc")
+run()

@@ -14,7 +14,7 @@ bucket (phase "prefill" or "decode", every input's shape an int list) and the
 outputs of each in the order the program returns them; `max_context` bounds
 the tokens one sequence may span (max_blocks = ceil(max_context / block_size)).
 `--emit-standard` adds `standard_artifacts` (the dense model at static shapes)
-and, in `standard`, how to feed their KV inputs (see pagedc.mxr_standard).
+and, in `standard`, how to feed their KV inputs (see pagedc.mxr.standard).
 NOTE: these fields are optional with empty defaults, so version-1 manifests
 written before them still load; format_version stays 1.
 """
@@ -22,17 +22,16 @@ written before them still load; format_version stays 1.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
+from pagedc.errors import ManifestError
+from pagedc.manifest_schema import validate
+
 FORMAT_VERSION = 1
 FILENAME = "manifest.json"
-
-
-class ManifestError(Exception):
-    """A manifest that is missing, malformed or of an unknown version."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +69,7 @@ class Manifest:
     vocab_size: int | None = None
     abi: dict = field(default_factory=dict)
     max_context: int | None = None          # static buckets: tokens one sequence may span
+    max_position: int | None = None         # positions the model has (rotary/position-embedding rows); None: unknown
     backend_options: dict = field(default_factory=dict)   # e.g. MIGraphX {"offload_copy": true, "fp16": false}
     standard_artifacts: tuple[Artifact, ...] = ()         # the dense model at static shapes (--emit-standard)
     standard: dict = field(default_factory=dict)          # how standard_artifacts take their KV inputs
@@ -82,32 +82,55 @@ class Manifest:
 
     @classmethod
     def read(cls, path: str | Path) -> "Manifest":
-        path = Path(path)
-        if path.is_dir():
-            path = path / FILENAME
+        """Read and validate manifest.json (`path`: it, or the directory holding it); ManifestError names the field."""
+        path = _manifest_path(Path(path))
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ManifestError(f"{path}: no manifest here; point at a `pagedc compile` output directory") from None
-        except json.JSONDecodeError as err:
-            raise ManifestError(f"{path}: not valid JSON ({err})") from None
-        version = data.get("format_version")
-        if version != FORMAT_VERSION:
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ManifestError(f"{path}: not valid JSON ({err}); point at a `pagedc compile` output directory, "
+                                "or recompile it") from None
+        except OSError as err:
+            raise ManifestError(f"{path}: cannot read it ({err.strerror})") from None
+        version = data.get("format_version") if isinstance(data, dict) else None
+        if isinstance(data, dict) and version != FORMAT_VERSION:
             raise ManifestError(f"{path}: manifest format_version {version!r} is not supported "
                                 f"(this pagedc reads version {FORMAT_VERSION}); recompile with this pagedc")
-        try:
-            data["pools"] = tuple(LayerPools(p["layer"], tuple(p["inputs"]), tuple(p["outputs"])) for p in data["pools"])
-            data["artifacts"] = tuple(Artifact(**a) for a in data["artifacts"])
-            data["standard_artifacts"] = tuple(Artifact(**a) for a in data.get("standard_artifacts", ()))
-            return cls(**data)
-        except (KeyError, TypeError) as err:
-            raise ManifestError(f"{path}: malformed manifest ({err})") from None
+        validate(data, path, {f.name for f in fields(cls)})
+        data["pools"] = tuple(LayerPools(p["layer"], tuple(p["inputs"]), tuple(p["outputs"])) for p in data["pools"])
+        data["artifacts"] = tuple(Artifact(**a) for a in data["artifacts"])
+        data["standard_artifacts"] = tuple(Artifact(**a) for a in data.get("standard_artifacts", ()))
+        return cls(**data)
+
+    def max_model_len(self) -> int | None:
+        """Tokens one sequence may span as the artifacts allow (positions, static buckets); None: no such limit."""
+        limits = [n for n in (self.max_position, self.max_context) if n]
+        return min(limits) if limits else None
 
     def pool_shape(self) -> tuple[int, int, int, int]:
         """[num_blocks, Hkv, block_size, Dh] of every pool."""
         return (self.num_blocks, self.num_kv_heads, self.block_size, self.head_dim)
 
     def bytes_per_block(self) -> int:
-        """Bytes one block id costs across all layers (K and V pools together in the separate layout)."""
-        per_pool = self.num_kv_heads * self.block_size * self.head_dim * np.dtype(self.kv_dtype).itemsize
-        return per_pool * self.num_layers * (2 if self.layout == "separate" else 1)
+        return bytes_per_block(self.num_layers, self.num_kv_heads, self.block_size, self.head_dim, self.kv_dtype,
+                               self.layout)
+
+
+def bytes_per_block(num_layers: int, num_kv_heads: int, block_size: int, head_dim: int, kv_dtype: str,
+                    layout: str) -> int:
+    """Bytes one block id costs across all layers (K and V pools together in the separate layout)."""
+    per_pool = num_kv_heads * block_size * head_dim * np.dtype(kv_dtype).itemsize
+    return per_pool * num_layers * (2 if layout == "separate" else 1)
+
+
+def _manifest_path(path: Path) -> Path:
+    """manifest.json itself, or inside a directory; a model file given instead is a clear error."""
+    if path.is_dir():
+        return path / FILENAME
+    if path.name != FILENAME and path.suffix in (".onnx", ".mxr", ".data"):
+        beside = path.parent / FILENAME
+        hint = (f"pass its directory {path.parent}" if beside.is_file()
+                else f"compile it first (`pagedc compile {path}`) and pass the output directory")
+        raise ManifestError(f"{path} is a model file, not a `pagedc compile` output; {hint}")
+    return path

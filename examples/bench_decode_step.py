@@ -5,7 +5,7 @@
 Builds a reference decoder (8 layers, hidden 512, GQA 8/2 heads by default),
 compiles it with `pagedc compile`'s driver, then times single-token decode
 steps side by side in one run (ONNX Runtime CPU, default optimizations, median
-of --repeats alternating rounds after warm-up, pagedc.bench_timer.measure):
+of --repeats alternating rounds after warm-up, pagedc.bench.timer.measure):
 - dense: past of P tokens fed in, present returned (what a dense-cache loop does);
 - paged: the same step on a pool through IOBinding (pools updated in place),
   block table covering P + 1 tokens;
@@ -23,10 +23,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from pagedc.bench_timer import measure
-from pagedc.compile import CompileOptions, compile_model
+from pagedc.bench.timer import measure
+from pagedc.build import CompileOptions, compile_model
 from pagedc.manifest import Manifest
-from pagedc.runtime import OrtPagedSession, PagedKVCacheManager, SessionOptions
+from pagedc.runtime import OrtPagedSession, PagedKVCacheManager, SessionOptions, step_feeds
 from pagedc.testing import DecoderConfig, build_decoder
 
 BLOCK_SIZE = 16
@@ -55,12 +55,8 @@ def paged_step(out_dir: Path, manifest: Manifest, past_len: int):
     session = OrtPagedSession(manifest, out_dir, SessionOptions())
     manager = PagedKVCacheManager.from_manifest(manifest)
     manager.add(0)
-    manager.append(0, past_len + 1)
-    feeds = manager.step_inputs([0])
-    feeds["input_ids"] = np.array([[7]], np.int64)
-    # step_inputs covers the last append (all P + 1 tokens); a decode step writes only the last one.
-    feeds["position_ids"] = feeds["position_ids"][:, -1:]
-    feeds["slot_mapping"] = feeds["slot_mapping"][..., -1:].copy()
+    manager.append(0, past_len)                                  # the cached context (its values do not matter)
+    feeds = step_feeds([manager.append(0, 1, [7])], manifest.block_size, layout=manifest.layout)   # one decode step
     return lambda: session.run(feeds)
 
 

@@ -9,7 +9,7 @@ weights.bin, in two ways, and times one decode step of each through BucketedPage
 runtime) at a pool of 64 and of 4,096 blocks, in alternating rounds (median of --repeats):
 - whole pool: the program takes and returns every layer's pool [NB, Hkv, bs, Dh]: MIGraphX's
   ScatterND returns a new buffer, so a step copies every pool (how pagedc compiled before step pools);
-- step pools: the program takes the step's blocks [1 + MB, Hkv, bs, Dh] (pagedc.runtime.mxr_pools);
+- step pools: the program takes the step's blocks [1 + MB, Hkv, bs, Dh] (pagedc.runtime.sessions.mxr_pools);
   the host gathers them and writes back the new token's rows.
 A ratio 4096/64 near 1.0 means the step's cost does not grow with the pool.
 """
@@ -24,18 +24,18 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from pagedc.bench_timer import measure
+from pagedc.bench.timer import measure
 from pagedc.manifest import Artifact, LayerPools, Manifest
 from pagedc.model_file import load_model
-from pagedc.mxr_compile import write_lowered
-from pagedc.mxr_lowering import Bucket, lower_paged
-from pagedc.mxr_weights import WEIGHTS_FILE, weight_tensors, weights_to_inputs, write_weights
+from pagedc.mxr.compile import write_lowered
+from pagedc.mxr.lowering import Bucket, lower_paged
+from pagedc.mxr.weights import WEIGHTS_FILE, weight_tensors, weights_to_inputs, write_weights
 from pagedc.passes.paged import rewrite_to_paged
 from pagedc.runtime import PagedKVCacheManager
-from pagedc.runtime.bucketed_session import BucketedPagedSession
-from pagedc.runtime.mxr_pools import STEP_POOLS, step_pool_blocks
-from pagedc.runtime.mxr_program import program_runner
-from pagedc.runtime.mxr_weights import ProgramWeights
+from pagedc.runtime.sessions.bucketed import BucketedPagedSession
+from pagedc.runtime.sessions.mxr_pools import STEP_POOLS, step_pool_blocks
+from pagedc.runtime.sessions.mxr_program import program_runner
+from pagedc.runtime.sessions.mxr_weights import ProgramWeights
 from pagedc.testing import DecoderConfig, build_decoder
 
 BLOCK_SIZE, BUCKET = 16, Bucket("decode", 1, 1)

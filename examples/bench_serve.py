@@ -141,7 +141,7 @@ def build_demo_model(out: Path, layers: int, hidden: int) -> None:
 
     import onnx
 
-    from pagedc.compile import CompileOptions, compile_model
+    from pagedc.build import CompileOptions, compile_model
     from pagedc.testing import DecoderConfig, build_decoder
     from pagedc.testing.tokenizer import write_tokenizer_files
 

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from pagedc.compile import CompileOptions, compile_model
-from pagedc.dense_runner import DenseRunner
+from pagedc.build import CompileOptions, compile_model
+from pagedc.verify.dense_runner import DenseRunner
 from pagedc.manifest import Manifest
 from pagedc.runtime import Engine, EngineOptions, SessionOptions
 from pagedc.testing import DecoderConfig, build_decoder

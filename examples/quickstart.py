@@ -21,12 +21,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import onnx
-import onnxruntime as ort
 
 from pagedc.runtime import Engine
 from pagedc.testing import DecoderConfig, build_decoder
+from pagedc.verify.dense_runner import DenseRunner
 
 PROMPTS = [[11, 12, 13, 14, 15, 16, 17], [42, 7], [5, 5, 6, 6, 7, 7, 8, 8, 9], [90, 3, 27]]
 
@@ -37,24 +36,6 @@ def pagedc(*args: str) -> str:
     result = subprocess.run([sys.executable, "-m", "pagedc", *args], check=True, stdout=subprocess.PIPE, text=True)
     print(result.stdout, end="", flush=True)
     return result.stdout
-
-
-def dense_greedy(path: Path, config: DecoderConfig, prompt: list[int], new_tokens: int) -> list[int]:
-    """What generation looks like without pagedc: feed past K/V in, take present out, argmax."""
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    past = {f"past_key_values.{i}.{kind}": np.zeros((1, config.num_kv_heads, 0, config.head_dim), np.float32)
-            for i in range(config.num_layers) for kind in ("key", "value")}
-    names = ["logits"] + [name.replace("past_key_values", "present") for name in past]
-    ids, out = prompt, []
-    while len(out) < new_tokens:
-        start = len(prompt) + len(out) - len(ids)
-        feed = {"input_ids": np.array([ids], np.int64), "attention_mask": np.ones((1, start + len(ids)), np.int64),
-                "position_ids": np.arange(start, start + len(ids), dtype=np.int64)[None], **past}
-        logits, *presents = session.run(names, feed)
-        past = dict(zip(past, presents))
-        ids = [int(np.argmax(logits[0, -1]))]
-        out += ids
-    return out
 
 
 def main() -> None:
@@ -77,7 +58,8 @@ def main() -> None:
 
     engine = Engine.from_manifest(paged_dir)
     tokens = engine.generate(PROMPTS, max_new_tokens=args.new_tokens)
-    dense = [dense_greedy(source, config, prompt, args.new_tokens) for prompt in PROMPTS]
+    dense_loop = DenseRunner(source, optimize=True)   # what generation looks like without pagedc: past in, present out
+    dense = [dense_loop.greedy(prompt, args.new_tokens) for prompt in PROMPTS]
     for i, (prompt, toks) in enumerate(zip(PROMPTS, tokens)):
         print(f"prompt {i} ({len(prompt)} tokens) -> {toks[:10]} ...")
     print("engine stats:", json.dumps({"steps": engine.times.num_steps, "overhead_share":

@@ -38,6 +38,7 @@ class Detection:
     sites: list[AttentionSite] = field(default_factory=list)
     misses: list[Miss] = field(default_factory=list)
     found_instead: dict[str, int] = field(default_factory=dict)  # op counts, for "no KV attention" errors
+    prefill_only: str | None = None  # why this looks like a prefill graph (writes a KV cache, reads none)
 
 
 def find_attention_sites(model: ir.Model) -> Detection:
@@ -53,10 +54,11 @@ def find_attention_sites(model: ir.Model) -> Detection:
             claimed.update({site.past_key, site.past_value})
     misses += _unplaced_kv_inputs(graph, claimed, {m.value for m in misses})
     _number_layers(sites)
-    return Detection(sites=sites, misses=misses, found_instead=_op_counts(graph))
+    return Detection(sites=sites, misses=misses, found_instead=_op_counts(graph),
+                     prefill_only=None if sites else _prefill_only(graph))
 
 
-_KV_NAME = re.compile(r"(past|cache|kv)", re.IGNORECASE)
+_KV_NAME = re.compile(r"(past|present|cache|kv)", re.IGNORECASE)
 
 
 def _unplaced_kv_inputs(graph: ir.Graph, claimed: set[str], reported: set[str]) -> list[Miss]:
@@ -65,11 +67,26 @@ def _unplaced_kv_inputs(graph: ir.Graph, claimed: set[str], reported: set[str]) 
     for value in graph.inputs:
         if value.name in claimed or value.name in reported:
             continue
-        is_rank4 = value.shape is not None and len(value.shape) == 4
-        if is_rank4 and _KV_NAME.search(value.name or "") and value.dtype and value.dtype.is_floating_point():
+        if _is_kv_like(value):
             users = ", ".join(f"{n.op_type} '{n.name}'" for n in gw.consumers(value)) or "nothing"
             misses.append(Miss(value.name, f"looks like a KV-cache input but feeds {users}, not a known attention pattern"))
     return misses
+
+
+def _prefill_only(graph: ir.Graph) -> str | None:
+    """A graph with KV-cache outputs and no KV-cache input is a prefill-only export (it cannot read a cache)."""
+    outputs = [v.name for v in graph.outputs if _is_kv_like(v)]
+    if not outputs or any(_is_kv_like(v) for v in graph.inputs):
+        return None
+    return (f"it writes a KV cache ({', '.join(outputs[:2])}, ...) but reads none: a prefill-only graph. "
+            "Compile the graph that takes the past KV as inputs instead: transformers' OnnxExporter writes "
+            "decode.onnx next to prefill.onnx (export_for_generation(..., multi_token_decode=True) makes it "
+            "serve prefill from an empty cache too)")
+
+
+def _is_kv_like(value: ir.Value) -> bool:
+    is_rank4 = value.shape is not None and len(value.shape) == 4
+    return bool(is_rank4 and _KV_NAME.search(value.name or "") and value.dtype and value.dtype.is_floating_point())
 
 
 def _number_layers(sites: list[AttentionSite]) -> None:

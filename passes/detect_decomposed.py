@@ -14,8 +14,8 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from pagedc.passes import graph_walk as gw
-from pagedc.passes import site_facts
-from pagedc.passes.site import AttentionSite, Miss
+from pagedc.passes import mask_facts, site_facts
+from pagedc.passes.site import AttentionSite, DecomposedNodes, Miss
 
 
 def find_decomposed_sites(graph: ir.Graph, claimed: set[str]) -> tuple[list[AttentionSite], list[Miss]]:
@@ -53,7 +53,7 @@ def _past_concat(past: ir.Value) -> ir.Node | None:
     for node in gw.consumers(past):
         if node.op_type != "Concat" or node.inputs[0] is not past or len(node.inputs) != 2:
             continue
-        axis = node.attributes["axis"].as_int() if "axis" in node.attributes else None
+        axis = gw.attr(node, "axis")
         rank = len(past.shape) if past.shape is not None else 4
         if axis is not None and axis % rank == rank - 2:
             return node
@@ -77,8 +77,9 @@ def _classify(concat: ir.Node):
 
 def _site(key_concat, value_concat, qk, softmax, pv, position) -> AttentionSite:
     past_key, new_key = key_concat.inputs
-    num_kv_heads = gw.static_dim(past_key, 1)
-    head_dim = gw.static_dim(past_key, 3)
+    num_kv_heads, head_dim = gw.static_dim(past_key, 1), gw.static_dim(past_key, 3)
+    if not (num_kv_heads and head_dim):  # symbolic past dims: derived from the K projection's head split
+        num_kv_heads, head_dim = site_facts.kv_dims_from_new_key(new_key)
     mask_add, mask = _mask_add(qk, softmax)
     return AttentionSite(
         layer=-1,
@@ -87,15 +88,14 @@ def _site(key_concat, value_concat, qk, softmax, pv, position) -> AttentionSite:
         num_kv_heads=num_kv_heads,
         head_dim=head_dim,
         rotary=site_facts.rotary_of(new_key),
-        mask=site_facts.classify_mask(mask),
+        mask=mask_facts.classify_mask(mask),
         past_key=past_key.name,
         past_value=value_concat.inputs[0].name,
         present_key=_present_name(key_concat.outputs[0]),
         present_value=_present_name(value_concat.outputs[0]),
+        nodes=DecomposedNodes(key_concat=key_concat, value_concat=value_concat, qk_matmul=qk, pv_matmul=pv,
+                              mask_add=mask_add, mask_value=mask, row_guard=mask_facts.row_guard(pv.outputs[0])),
         graph_position=position,
-        nodes={"key_concat": key_concat, "value_concat": value_concat, "qk_matmul": qk,
-               "softmax": softmax, "pv_matmul": pv, **({"mask_add": mask_add} if mask_add else {})},
-        values={"mask": mask} if mask is not None else {},
     )
 
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import onnx_ir as ir
 
 from pagedc.passes import graph_walk as gw
-from pagedc.passes import site_facts
-from pagedc.passes.site import AttentionSite, Miss
+from pagedc.passes import mask_facts, site_facts
+from pagedc.passes.site import AttentionSite, FusedNodes, Mask, Miss
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ def find_fused_sites(graph: ir.Graph, claimed: set[str]) -> tuple[list[Attention
         op_form = _OP_FORMS.get((_domain(node), node.op_type))
         if op_form is None:
             continue
-        past_key, past_value = _input(node, op_form.past_key_index), _input(node, op_form.past_key_index + 1)
+        past_key, past_value = gw.input_at(node, op_form.past_key_index), gw.input_at(node, op_form.past_key_index + 1)
         if past_key is None and past_value is None:
             continue  # attention without a KV cache (e.g. an encoder): not a site
         problem = _past_problem(node, past_key, past_value)
@@ -55,10 +55,6 @@ def find_fused_sites(graph: ir.Graph, claimed: set[str]) -> tuple[list[Attention
 
 def _domain(node: ir.Node) -> str:
     return "" if node.domain == "ai.onnx" else node.domain
-
-
-def _input(node: ir.Node, index: int) -> ir.Value | None:
-    return node.inputs[index] if index < len(node.inputs) else None
 
 
 def _past_problem(node: ir.Node, past_key: ir.Value | None, past_value: ir.Value | None) -> str | None:
@@ -87,8 +83,8 @@ def _site(node: ir.Node, op_form: _OpForm, past_key: ir.Value, past_value: ir.Va
         past_value=past_value.name,
         present_key=node.outputs[1].name,
         present_value=node.outputs[2].name,
+        nodes=FusedNodes(op=node, row_guard=mask_facts.row_guard(node.outputs[0])),
         graph_position=position,
-        nodes={"op": node},
     )
 
 
@@ -97,7 +93,7 @@ def _head_dim_from_query(node: ir.Node, num_heads: int | None, num_kv_heads: int
 
     The query is [B, S, H·Dh], or packed QKV [B, S, (H + 2·Hkv)·Dh] when the key input is empty.
     """
-    query, is_packed = node.inputs[0], _input(node, 1) is None
+    query, is_packed = node.inputs[0], gw.input_at(node, 1) is None
     width = gw.static_dim(query, -1) if query.shape is not None and len(query.shape) == 3 else None
     if width is None:
         projections = [n for n in site_facts.local_ancestors(query, max_nodes=4) if site_facts.is_projection(n)]
@@ -106,37 +102,37 @@ def _head_dim_from_query(node: ir.Node, num_heads: int | None, num_kv_heads: int
     return width // heads if width and heads and width % heads == 0 else None
 
 
-def _int_attr(node: ir.Node, name: str, default: int | None = None) -> int | None:
-    attr = node.attributes.get(name)
-    return attr.as_int() if attr is not None else default
-
-
 def _heads(node: ir.Node, form: str, past_key: ir.Value) -> tuple[int | None, int | None]:
     if form == "gqa":
-        return _int_attr(node, "num_heads"), _int_attr(node, "kv_num_heads")
+        return gw.attr(node, "num_heads"), gw.attr(node, "kv_num_heads")
     if form == "mha":
-        heads = _int_attr(node, "num_heads")
+        heads = gw.attr(node, "num_heads")
         return heads, gw.static_dim(past_key, 1) or heads
-    return _int_attr(node, "q_num_heads"), _int_attr(node, "kv_num_heads")
+    return gw.attr(node, "q_num_heads"), gw.attr(node, "kv_num_heads")
 
 
 def _rotary(node: ir.Node, form: str) -> str:
-    if form == "gqa" and _int_attr(node, "do_rotary", 0):
-        has_positions = _input(node, 9) is not None
+    if form == "gqa" and gw.attr(node, "do_rotary", 0):
+        has_positions = gw.input_at(node, 9) is not None
         source = "position_ids" if has_positions else "seqlens_k"
         return f"inside GroupQueryAttention (do_rotary=1), positions from {source}"
-    key = _input(node, 1)
+    key = gw.input_at(node, 1)
     return site_facts.rotary_of(key) if key is not None else "none"
 
 
-def _mask(node: ir.Node, op_form: _OpForm) -> str:
-    mask = _input(node, op_form.mask_index) if op_form.mask_index is not None else None
+def _mask(node: ir.Node, op_form: _OpForm) -> Mask:
+    mask = gw.input_at(node, op_form.mask_index) if op_form.mask_index is not None else None
     if op_form.form == "gqa":
-        if mask is not None:
-            return f"other: attention_bias input '{mask.name}'"
-        window = _int_attr(node, "local_window_size", -1)
-        return f"sliding window {window}" if window and window > 0 else "causal"
+        window = gw.attr(node, "local_window_size", -1)
+        kind = Mask.sliding_window(window) if window and window > 0 else Mask.causal()
+        if mask is None:
+            return kind
+        if mask.is_graph_input():
+            return Mask.other(f"attention_bias input '{mask.name}'")
+        # ORT fusions of transformers' exports (batch 1) pass the causal mask as attention_bias.
+        bias = mask_facts.classify_mask(mask)
+        return kind if bias.kind == "causal" else bias
     if mask is not None:
-        return site_facts.classify_mask(mask)
-    causal = _int_attr(node, "is_causal" if op_form.form == "attention" else "unidirectional", 0)
-    return "causal" if causal else f"other: {node.op_type} without a mask and not causal"
+        return mask_facts.classify_mask(mask)
+    causal = gw.attr(node, "is_causal" if op_form.form == "attention" else "unidirectional", 0)
+    return Mask.causal() if causal else Mask.other(f"{node.op_type} without a mask and not causal")

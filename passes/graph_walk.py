@@ -86,6 +86,25 @@ def ancestors(value: ir.Value, max_nodes: int = 5000,
     return result
 
 
+def attr(node: ir.Node, name: str, default=None):
+    """The value of a node attribute (int, float, ints, ...), or `default` when the node does not set it."""
+    attribute = node.attributes.get(name)
+    return attribute.value if attribute is not None else default
+
+
+def input_at(node: ir.Node, index: int) -> ir.Value | None:
+    """node.inputs[index], or None when the node leaves that optional input out."""
+    return node.inputs[index] if index < len(node.inputs) else None
+
+
+def unsupported_input(node: ir.Node, names: dict[int, str]) -> str | None:
+    """"<op> with <name> is not supported" for the first optional input (index -> name) the node is given."""
+    for index, name in names.items():
+        if input_at(node, index) is not None:
+            return f"{node.op_type} with {name} is not supported"
+    return None
+
+
 def const_ints(value: ir.Value | None) -> list[int] | None:
     """The contents of a small integer constant (initializer or Constant node), else None."""
     if value is None:
@@ -97,8 +116,17 @@ def const_ints(value: ir.Value | None) -> list[int] | None:
 
 
 def static_dim(value: ir.Value, axis: int) -> int | None:
+    """The size of one axis: a dim_value, or a dim_param that is a numeral ("2"), else None."""
     shape = value.shape
     if shape is None or len(shape) <= abs(axis) - (1 if axis < 0 else 0):
         return None
-    dim = shape[axis]
-    return dim if isinstance(dim, int) else None
+    return dim_size(shape[axis])
+
+
+def dim_size(dim) -> int | None:
+    """int of a static dim. NOTE: transformers' OnnxExporter writes static KV heads and head dims as
+    dim_param strings that are numerals (['s10', '2', 's54', '32']); they mean that number."""
+    if isinstance(dim, int):
+        return dim
+    name = getattr(dim, "value", None)
+    return int(name) if isinstance(name, str) and name.isdecimal() else None

@@ -8,8 +8,14 @@
 Head h reads KV head h // G, exactly as HF's repeat_kv (Unsqueeze at axis 2,
 Expand, Reshape) lays them out, so [B,H,S,·] and [B,Hkv,G·S,·] are the same
 memory: the Reshapes are free, the G-fold copies of the context are gone, and
-each KV head does one [G·S, Dh]·[Dh, T] product instead of G small ones. Taken only when the K and V paths are exactly repeat-kv
-(and the one Kᵀ transpose); anything else keeps the model's own ops.
+each KV head does one [G·S, Dh]·[Dh, T] product instead of G small ones.
+Taken only when the K and V paths are exactly repeat-kv (and the one Kᵀ
+transpose); anything else keeps the model's own ops.
+
+NOTE: the G query heads are merged into the rows rather than kept as a
+broadcast batch axis ([B,Hkv,G,S,Dh] x [B,Hkv,1,T,Dh]): measured at decode,
+context 1024, ORT 1.32 CPU, the broadcast QKᵀ did not split over 2 threads
+(55 µs vs 29 µs per layer); probs·V was within 2 µs either way.
 """
 
 from __future__ import annotations
@@ -33,8 +39,7 @@ def repeat_kv_path(start: ir.Value, matmul: ir.Node, operand: int, transposed: b
         if node is None:
             return False
         if node.op_type == "Transpose":
-            perm = node.attributes["perm"].as_ints() if "perm" in node.attributes else None
-            if list(perm or []) != [0, 1, 3, 2]:
+            if list(gw.attr(node, "perm", [])) != [0, 1, 3, 2]:
                 return False
             num_transposes += 1
         elif node.op_type == "Unsqueeze":
@@ -47,17 +52,18 @@ def repeat_kv_path(start: ir.Value, matmul: ir.Node, operand: int, transposed: b
 
 
 def can_group(site: AttentionSite) -> bool:
-    key_out, value_out = site.nodes["key_concat"].outputs[0], site.nodes["value_concat"].outputs[0]
+    nodes = site.nodes
+    key_out, value_out = nodes.key_concat.outputs[0], nodes.value_concat.outputs[0]
     return bool(site.num_heads) and site.num_heads % site.num_kv_heads == 0 and (
-        repeat_kv_path(key_out, site.nodes["qk_matmul"], 1, transposed=True)
-        and repeat_kv_path(value_out, site.nodes["pv_matmul"], 1, transposed=False))
+        repeat_kv_path(key_out, nodes.qk_matmul, 1, transposed=True)
+        and repeat_kv_path(value_out, nodes.pv_matmul, 1, transposed=False))
 
 
 def group_attention(site: AttentionSite, builder: PagedBuilder, key: ir.Value, value: ir.Value) -> None:
     """Replace the layer's QKᵀ and probs·V MatMuls by grouped ones reading key/value [B,Hkv,T,Dh] directly."""
     b = builder
     h, hkv, dh = site.num_heads, site.num_kv_heads, site.head_dim
-    qk, pv = site.nodes["qk_matmul"], site.nodes["pv_matmul"]
+    qk, pv = site.nodes.qk_matmul, site.nodes.pv_matmul
     q = b.op("Reshape", qk.inputs[0], b.const([0, hkv, -1, dh]))                          # [B, Hkv, G·S, Dh]
     scores = b.op("MatMul", q, b.op("Transpose", key, perm=[0, 1, 3, 2]))                 # [B, Hkv, G·S, T]
     qk.outputs[0].replace_all_uses_with(b.op("Reshape", scores, b.heads_shape(h)))        # [B, H, S, T]

@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
+from pagedc.errors import ModelError
 from pagedc.passes.detect import find_attention_sites
 from pagedc.passes.paged_builder import PagedBuilder
 from pagedc.passes.rewrite_attention import check_attention, rewrite_attention
 from pagedc.passes.rewrite_decomposed import check_decomposed, rewrite_decomposed
 from pagedc.passes.rewrite_gqa import check_gqa, rewrite_gqa
 from pagedc.passes.rewrite_mha import check_mha, rewrite_mha
-from pagedc.passes.site import AttentionSite
+from pagedc.passes.site import AttentionSite, FusedNodes
 
 LAYOUTS = ("separate", "combined")
 _REWRITERS = {
@@ -34,7 +35,7 @@ _REWRITERS = {
 }
 
 
-class PagedRewriteError(Exception):
+class PagedRewriteError(ModelError):
     """The model cannot be paged; `problems` holds one line per layer or input, with the reason."""
 
     def __init__(self, problems: list[str]):
@@ -43,19 +44,30 @@ class PagedRewriteError(Exception):
         super().__init__(f"cannot rewrite to paged attention ({len(problems)} problem(s)):\n{lines}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class PoolNames:
+    """One layer's pool inputs and outputs, field for field pagedc.manifest.LayerPools (which passes cannot
+    import: pagedc.build.compile turns these into LayerPools)."""
+
     layer: int
-    inputs: list[str]   # [key_cache.i, value_cache.i] or [kv_cache.i]
-    outputs: list[str]
+    inputs: tuple[str, ...]    # ("key_cache.i", "value_cache.i") or ("kv_cache.i",)
+    outputs: tuple[str, ...]   # ("key_cache_out.i", "value_cache_out.i") or ("kv_cache_out.i",)
+
+
+def pool_names(layer: int, layout: str) -> PoolNames:
+    if layout == "combined":
+        return PoolNames(layer, (f"kv_cache.{layer}",), (f"kv_cache_out.{layer}",))
+    return PoolNames(layer, (f"key_cache.{layer}", f"value_cache.{layer}"),
+                     (f"key_cache_out.{layer}", f"value_cache_out.{layer}"))
 
 
 @dataclass
 class RewriteReport:
-    """What the rewrite did: counts per rule and the ABI it produced."""
+    """What the rewrite did: layers per source form, layers per optional rule, and the ABI it produced."""
 
     num_layers: int = 0
-    rewrites: dict[str, int] = field(default_factory=dict)     # form -> layers rewritten
+    forms: dict[str, int] = field(default_factory=dict)        # source form -> layers rewritten
+    rules: dict[str, int] = field(default_factory=dict)        # optional rule (e.g. grouped attention) -> layers
     removed_inputs: list[str] = field(default_factory=list)
     removed_outputs: list[str] = field(default_factory=list)
     added_inputs: list[str] = field(default_factory=list)
@@ -87,15 +99,22 @@ def rewrite_to_paged(model: ir.Model, *, block_size: int = 16, layout: str = "se
     builder = PagedBuilder(graph, block_size, layout, _graph_input(graph, "position_ids"), fuse_rotary)
     report = _start_report(sites, block_size, layout, builder)
     for site in sites:
-        pools = _add_pools(builder, site, layout, num_blocks)
+        _bypass_row_guard(site)
+        names = pool_names(site.layer, layout)
+        pools = _add_pools(builder, site, names, num_blocks)
         outs = _REWRITERS[site.form][1](site, builder, pools)
-        _name_pool_outputs(graph, site, outs, layout)
-        report.pools.append(PoolNames(site.layer, [p.name for p in pools], [o.name for o in outs]))
-        report.rewrites[site.form] = report.rewrites.get(site.form, 0) + 1
-    report.rewrites.update(builder.rule_counts)
+        for name in (site.past_key, site.past_value):
+            builder.replace_past_shapes(_graph_input(graph, name), site.num_kv_heads, site.head_dim)
+        _name_pool_outputs(graph, outs, names, pools[0])
+        report.pools.append(names)
+        report.forms[site.form] = report.forms.get(site.form, 0) + 1
+    report.rules.update(builder.rule_counts)
+    passed_through = _remove_cache_passthroughs(graph)
     _cleanup(model)
     report.removed_inputs = _remove_inputs(graph, kv_inputs)
     report.removed_outputs = [n for s in sites for n in (s.present_key, s.present_value)]
+    report.removed_inputs += [name for name, _ in passed_through]
+    report.removed_outputs += [name for _, name in passed_through]
     if attention_mask is not None:
         report.removed_inputs += _remove_attention_mask(graph, attention_mask)
     _check_postcondition(model, report, kv_inputs)
@@ -109,7 +128,9 @@ def _pageable_sites(model: ir.Model) -> list[AttentionSite]:
         reason = _why_not_pageable(site)
         if reason:
             problems.append(f"layer {site.layer} ({site.form}, {site.past_key}): {reason}")
-    if not detection.sites and not problems:
+    if not detection.sites and not problems and detection.prefill_only:
+        problems.append(f"no attention layer with a dense KV cache found: {detection.prefill_only}")
+    elif not detection.sites and not problems:
         problems.append("no attention layer with a dense KV cache found (run `pagedc inspect` to see what the model has)")
     shapes = {(s.num_kv_heads, s.head_dim) for s in detection.sites}
     if len(shapes) > 1:
@@ -123,12 +144,49 @@ def _pageable_sites(model: ir.Model) -> list[AttentionSite]:
 def _why_not_pageable(site: AttentionSite) -> str | None:
     if site.form not in _REWRITERS:
         return f"source form '{site.form}' is detected but not rewritten yet"
-    if site.mask != "causal" and site.window is None:
-        return (f"mask is {site.mask!r}; the paged mask is causal (optionally windowed): "
+    if not site.mask.is_pageable:
+        return (f"mask is {str(site.mask)!r}; the paged mask is causal (optionally windowed): "
                 "a custom or bias mask would silently change results")
     if not (site.num_kv_heads and site.head_dim):
         return "past_key needs static KV-head and head dims ([B, Hkv, P, Dh])"
+    if not site.num_heads and isinstance(site.nodes, FusedNodes):
+        return (f"{site.nodes.op.op_type}'s number of query heads is unknown (no num_heads / q_num_heads "
+                "attribute, and the query is not [B, H, S, Dh])")
     return _REWRITERS[site.form][0](site)
+
+
+def _bypass_row_guard(site: AttentionSite) -> None:
+    """Where(no key visible, 0, out) -> out: under the paged mask every real query sees its own key
+    (mask_facts.row_guard); the guard would keep the dense mask, attention_mask and past shapes alive."""
+    guard = site.nodes.row_guard
+    if guard is not None:
+        guard.outputs[0].replace_all_uses_with(guard.inputs[2])
+
+
+def _remove_cache_passthroughs(graph: ir.Graph) -> list[tuple[str, str]]:
+    """Drop cache state the graph only copies from input to output; returns (input, output) name pairs.
+
+    transformers' exports of sliding-window models carry each layer's scalar
+    `input.cache.layers.{i}._sliding_window_tensor` through an Identity to
+    `output.cache.layers.{i}._sliding_window_tensor`; the window itself is a
+    constant in the mask (mask_facts), and the paged model has no dense cache
+    state to carry.
+    """
+    removed = []
+    for value in list(graph.inputs):
+        users = [node for node, _ in value.uses()]
+        if "cache" not in (value.name or "") or not users:
+            continue
+        outs = [node.outputs[0] for node in users if node.op_type == "Identity"]
+        if len(outs) != len(users) or not all(o.is_graph_output() and not list(o.uses()) for o in outs):
+            continue
+        for out in outs:
+            graph.outputs.remove(out)
+            removed.append((value.name, out.name))
+        for node in users:
+            graph.remove(node, safe=True)
+        graph.inputs.remove(value)
+    return removed
 
 
 def _graph_input(graph: ir.Graph, name: str) -> ir.Value | None:
@@ -146,17 +204,14 @@ def _start_report(sites: list[AttentionSite], block_size: int, layout: str, buil
     )
 
 
-def _add_pools(builder: PagedBuilder, site: AttentionSite, layout: str, num_blocks: int | None) -> list[ir.Value]:
+def _add_pools(builder: PagedBuilder, site: AttentionSite, names: PoolNames, num_blocks: int | None) -> list[ir.Value]:
     past = _graph_input(builder.graph, site.past_key)
     dims = (num_blocks or "num_blocks", site.num_kv_heads, site.head_dim, past.dtype)
-    names = [f"kv_cache.{site.layer}"] if layout == "combined" else [f"key_cache.{site.layer}", f"value_cache.{site.layer}"]
-    return [builder.pool_input(name, *dims) for name in names]
+    return [builder.pool_input(name, *dims) for name in names.inputs]
 
 
-def _name_pool_outputs(graph: ir.Graph, site: AttentionSite, outs: list[ir.Value], layout: str) -> None:
-    names = [f"kv_cache_out.{site.layer}"] if layout == "combined" else [f"key_cache_out.{site.layer}", f"value_cache_out.{site.layer}"]
-    pool = _graph_input(graph, names[0].replace("_out", ""))
-    for out, name in zip(outs, names):
+def _name_pool_outputs(graph: ir.Graph, outs: list[ir.Value], names: PoolNames, pool: ir.Value) -> None:
+    for out, name in zip(outs, names.outputs):
         out.name = name
         out.dtype, out.shape = pool.dtype, pool.shape
         graph.outputs.append(out)

@@ -39,6 +39,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from pagedc.passes import graph_walk as gw
+
 INT32, INT64 = ir.DataType.INT32, ir.DataType.INT64
 
 
@@ -150,6 +152,23 @@ class PagedBuilder:
                                        self.const([num_kv_heads]), past_len, self.const([head_dim]), axis=0)
         return self._cache[key]
 
+    def replace_past_shapes(self, past: ir.Value, num_kv_heads: int, head_dim: int) -> None:
+        """Shape(past) -> past_shape(): a virtual past of T - S tokens, so the total length a model computes is T.
+
+        NOTE: built from the step inputs, not from a layer's gathered K: exports (torch.onnx dynamo) read one
+        layer's past shape for the whole model's mask and reshapes, and transformers' exports with ORT's
+        GroupQueryAttention size seqlens_k and the rotary caches from it; a dependence on a later layer's K
+        would be a cycle.
+        """
+        for node, _ in list(past.uses()):
+            if node.op_type != "Shape":
+                continue
+            start, end = gw.attr(node, "start", 0), gw.attr(node, "end", 4)
+            virtual = self.past_shape(num_kv_heads, head_dim)                                # [4] int64
+            if (start, end) != (0, 4):
+                virtual = self.op("Slice", virtual, self.const([start]), self.const([end]))
+            node.outputs[0].replace_all_uses_with(virtual)
+
     def heads_shape(self, num_heads: int) -> ir.Value:
         """[0, num_heads, -1, T]: a Reshape target that regroups scores [B, ·, ·, T] by heads."""
         key = ("heads_shape", num_heads)
@@ -201,12 +220,12 @@ class PagedBuilder:
             self._cache[key] = mask
         return self._cache[key]
 
-    def rotary_rows(self, cos_cache: ir.Value, sin_cache: ir.Value) -> tuple[ir.Value, ir.Value]:
-        """cos/sin [B, 1, S, R/2] at position_ids from [max_pos, R/2] caches, shared by the layers that share them."""
-        key = ("rotary", id(cos_cache), id(sin_cache))
+    def rotary_rows(self, cos_cache: ir.Value, sin_cache: ir.Value, rows: ir.Value) -> tuple[ir.Value, ir.Value]:
+        """cos/sin [B, 1, S, R/2] at rows [B, S] of [max_pos, R/2] caches, shared by the layers that share them."""
+        key = ("rotary", id(cos_cache), id(sin_cache), id(rows))
         if key not in self._cache:
-            self._cache[key] = tuple(self.op("Unsqueeze", self.op("Gather", cache, self.position_ids, axis=0),
-                                             self.const([1])) for cache in (cos_cache, sin_cache))
+            self._cache[key] = tuple(self.op("Unsqueeze", self.op("Gather", cache, rows, axis=0), self.const([1]))
+                                     for cache in (cos_cache, sin_cache))
         return self._cache[key]
 
     def retire(self, node: ir.Node, output: ir.Value) -> None:
@@ -234,12 +253,10 @@ class PagedBuilder:
         else:
             outs = [self.op("ScatterND", pools[0], indices, new_key), self.op("ScatterND", pools[1], indices, new_value)]
             key_src, value_src = outs
-        head_dim = pools[0].shape[3]
-        key = self._read(key_src, 0, num_kv_heads, head_dim)
-        value = self._read(value_src, 1, num_kv_heads, head_dim)
-        return outs, key, value
+        shape = self.const([0, num_kv_heads, -1, pools[0].shape[3]])
+        return outs, self._read(key_src, 0, num_kv_heads, shape), self._read(value_src, 1, num_kv_heads, shape)
 
-    def _read(self, pool: ir.Value, row: int, num_kv_heads: int, head_dim: int) -> ir.Value:
+    def _read(self, pool: ir.Value, row: int, num_kv_heads: int, shape: ir.Value) -> ir.Value:
         """[B, Hkv, T, Dh]: the K (row 0) or V (row 1) blocks of every sequence, whole blocks at a time."""
         blocks = self.op("GatherND", pool, self.read_indices(row, num_kv_heads))        # [B, Hkv, MB, bs, Dh]
-        return self.op("Reshape", blocks, self.const([0, num_kv_heads, -1, head_dim]))  # [B, Hkv, T, Dh]
+        return self.op("Reshape", blocks, shape)

@@ -16,37 +16,33 @@ import math
 
 import onnx_ir as ir
 
+from pagedc.passes import graph_walk as gw
+from pagedc.passes import graph_walk as gw
 from pagedc.passes.grouped_attention import attend
 from pagedc.passes.paged_builder import PagedBuilder
 from pagedc.passes.site import AttentionSite
 
 
-def _attr(node: ir.Node, name: str, default):
-    attr = node.attributes.get(name)
-    return attr.value if attr is not None else default
+_UNSUPPORTED_INPUTS = {6: "nonpad_kv_seqlen"}
 
 
 def check_attention(site: AttentionSite) -> str | None:
-    node = site.nodes["op"]
+    node = site.nodes.op
     if len(node.outputs) > 3 and node.outputs[3].uses():
         return "Attention's qk_matmul_output is used; the paged rewrite does not produce it"
-    if len(node.inputs) > 6 and node.inputs[6] is not None:
-        return "Attention with nonpad_kv_seqlen is not supported"
-    if not (site.num_heads and site.num_kv_heads and site.head_dim):
-        return "q_num_heads / kv_num_heads or head_dim is unknown (needs 4-D inputs or the head attributes)"
-    return None
+    return gw.unsupported_input(node, _UNSUPPORTED_INPUTS)
 
 
 def rewrite_attention(site: AttentionSite, builder: PagedBuilder, pools: list[ir.Value]) -> list[ir.Value]:
-    node, b = site.nodes["op"], builder
+    node, b = site.nodes.op, builder
     h, hkv, dh = site.num_heads, site.num_kv_heads, site.head_dim
     is_3d = node.inputs[0].shape is not None and len(node.inputs[0].shape) == 3
     q, k, v = node.inputs[:3]
     if is_3d:   # K/V [B, S, heads·Dh] -> [B, S, heads, Dh], token-first for the scatter; Q stays as it is
         k, v = (b.op("Reshape", x, b.const([0, 0, hkv, dh])) for x in (k, v))
     outs, key, value = b.write_and_read(pools, k, v, hkv, tokens_first=is_3d)
-    scale = _attr(node, "scale", 0.0) or 1.0 / math.sqrt(dh)
-    out = attend(b, q, key, value, h, hkv, dh, scale, _attr(node, "softcap", 0.0), pools[0].dtype,
+    scale = gw.attr(node, "scale", 0.0) or 1.0 / math.sqrt(dh)
+    out = attend(b, q, key, value, h, hkv, dh, scale, gw.attr(node, "softcap", 0.0), pools[0].dtype,
                  site.window, tokens_first=is_3d)                                              # like Q
     b.retire(node, out)
     return outs

@@ -9,8 +9,8 @@ When K and V reach their MatMuls only through repeat-kv, the layer also
 attends per KV-head group (grouped_attention.py) instead of repeating K/V.
 
 Everything the source derived from the past's shape (past length, total
-length) is rebuilt from the gathered K: a virtual past of T - S tokens, so
-the total length the model computes is T.
+length) is rebuilt by paged.py for every form (PagedBuilder.replace_past_shapes):
+a virtual past of T - S tokens, so the total length the model computes is T.
 """
 
 from __future__ import annotations
@@ -24,62 +24,44 @@ from pagedc.passes.site import AttentionSite
 
 def check_decomposed(site: AttentionSite) -> str | None:
     """Why this site cannot be paged, or None."""
-    for name, concat in (("past key", site.nodes["key_concat"]), ("past value", site.nodes["value_concat"])):
+    nodes = site.nodes
+    for name, concat in (("past key", nodes.key_concat), ("past value", nodes.value_concat)):
         past = concat.inputs[0]
         others = [n for n, _ in past.uses() if n is not concat and n.op_type != "Shape"]
         if others:
             return f"{name} '{past.name}' also feeds {others[0].op_type} '{others[0].name}', not only its Concat"
-    if "mask_add" not in site.nodes or "mask" not in site.values:
+    if nodes.mask_add is None or nodes.mask_value is None:
         return "no mask Add/Where between QKᵀ and Softmax to replace with the paged mask"
     return None
 
 
 def rewrite_decomposed(site: AttentionSite, builder: PagedBuilder, pools: list[ir.Value]) -> list[ir.Value]:
-    """Rewire one layer onto its pool(s); returns the pool outputs."""
-    key_concat, value_concat = site.nodes["key_concat"], site.nodes["value_concat"]
+    """Rewire one layer onto its pool(s); returns the pool outputs (Shape(past): paged.py repairs it)."""
+    key_concat, value_concat = site.nodes.key_concat, site.nodes.value_concat
     is_grouped = can_group(site)   # checked on the original K/V paths, before they are rewired
     new_key, new_value = key_concat.inputs[1], value_concat.inputs[1]       # [B, Hkv, S, Dh]
     outs, key, value = builder.write_and_read(pools, new_key, new_value, site.num_kv_heads)
-    for concat in (key_concat, value_concat):
-        _repair_past_shapes(concat.inputs[0], builder, site.num_kv_heads, site.head_dim)
     _drop_graph_output(builder.graph, key_concat.outputs[0], site.present_key)
     _drop_graph_output(builder.graph, value_concat.outputs[0], site.present_value)
     key_concat.outputs[0].replace_all_uses_with(key)
     value_concat.outputs[0].replace_all_uses_with(value)
-    _replace_mask(site.nodes["mask_add"], site, builder)
+    _replace_mask(site, builder)
     if is_grouped:
         group_attention(site, builder, key, value)
         builder.count("grouped attention (repeat-kv removed)")
     return outs
 
 
-def _replace_mask(node: ir.Node, site: AttentionSite, builder: PagedBuilder) -> None:
+def _replace_mask(site: AttentionSite, builder: PagedBuilder) -> None:
     """Point the layer's mask operand at the paged mask (additive for Add, boolean for Where)."""
-    mask_index = next(i for i, inp in enumerate(node.inputs) if inp is site.values["mask"])
+    node = site.nodes.mask_add
+    mask_index = next(i for i, inp in enumerate(node.inputs) if inp is site.nodes.mask_value)
     if node.op_type == "Where":
         node.replace_input_with(mask_index, builder.visible(site.window))
         return
-    past = site.nodes["key_concat"].inputs[0]
+    past = site.nodes.key_concat.inputs[0]
     dtype = node.outputs[0].dtype or node.inputs[1 - mask_index].dtype or past.dtype
     node.replace_input_with(mask_index, builder.additive_mask(dtype, site.window))
-
-
-def _repair_past_shapes(past: ir.Value, builder: PagedBuilder, num_kv_heads: int, head_dim: int) -> None:
-    """Shape(past) -> [B, Hkv, T - S, Dh]: a virtual past of T - S tokens, so the model's total length is T.
-
-    NOTE: built from the step inputs, not from this layer's gathered K: exports
-    (torch.onnx dynamo) read one layer's past shape for the whole model's mask
-    and reshapes, and a dependence on a later layer's K would be a cycle.
-    """
-    for node, _ in list(past.uses()):
-        if node.op_type != "Shape":
-            continue
-        start = node.attributes["start"].as_int() if "start" in node.attributes else 0
-        end = node.attributes["end"].as_int() if "end" in node.attributes else 4
-        virtual = builder.past_shape(num_kv_heads, head_dim)                          # [4] int64
-        if (start, end) != (0, 4):
-            virtual = builder.op("Slice", virtual, builder.const([start]), builder.const([end]))
-        node.outputs[0].replace_all_uses_with(virtual)
 
 
 def _drop_graph_output(graph: ir.Graph, value: ir.Value, name: str) -> None:

@@ -26,40 +26,38 @@ import math
 
 import onnx_ir as ir
 
+from pagedc.passes import graph_walk as gw
 from pagedc.passes.grouped_attention import attend
 from pagedc.passes.paged_builder import PagedBuilder
 from pagedc.passes.site import AttentionSite
 
 
-def _attr(node: ir.Node, name: str, default):
-    attr = node.attributes.get(name)
-    return attr.value if attr is not None else default
+_UNSUPPORTED_INPUTS = {11: "head_sink"}
 
 
 def check_gqa(site: AttentionSite) -> str | None:
-    node = site.nodes["op"]
-    if _attr(node, "smooth_softmax", 0):
+    node = site.nodes.op
+    if gw.attr(node, "smooth_softmax", 0):
         return "GroupQueryAttention with smooth_softmax=1 (attention sink) is not supported"
-    if len(node.inputs) > 11 and node.inputs[11] is not None:
-        return "GroupQueryAttention with head_sink is not supported"
-    if not (site.num_heads and site.num_kv_heads and site.head_dim):
-        return "num_heads, kv_num_heads or head_dim is unknown (past_key needs a static head dim)"
-    return None
+    return gw.unsupported_input(node, _UNSUPPORTED_INPUTS)
 
 
 def rewrite_gqa(site: AttentionSite, builder: PagedBuilder, pools: list[ir.Value]) -> list[ir.Value]:
-    node = site.nodes["op"]
+    node = site.nodes.op
     b = builder
     h, hkv, dh = site.num_heads, site.num_kv_heads, site.head_dim
     q, k, v = _split_heads(b, node, h, hkv, dh)                                        # [B, ·, S, Dh]
-    if _attr(node, "do_rotary", 0):
-        interleaved = bool(_attr(node, "rotary_interleaved", 0))
+    if gw.attr(node, "do_rotary", 0):
+        interleaved = bool(gw.attr(node, "rotary_interleaved", 0))
         rotary = fused_rotary if b.fuse_rotary else apply_rotary
-        q = rotary(b, q, node.inputs[7], node.inputs[8], interleaved, h, dh)
-        k = rotary(b, k, node.inputs[7], node.inputs[8], interleaved, hkv, dh)
+        # The op's own position_ids (input 9) index the caches when given: transformers' ORT-fused exports
+        # pass per-token cos/sin rows there with positions 0..S-1.
+        rows = b.position_ids if gw.input_at(node, 9) is None else node.inputs[9]
+        q = rotary(b, q, node.inputs[7], node.inputs[8], rows, interleaved, h, dh)
+        k = rotary(b, k, node.inputs[7], node.inputs[8], rows, interleaved, hkv, dh)
     outs, key, value = b.write_and_read(pools, k, v, hkv)
-    scale = _attr(node, "scale", 0.0) or 1.0 / math.sqrt(dh)
-    out = attend(b, q, key, value, h, hkv, dh, scale, _attr(node, "softcap", 0.0), pools[0].dtype, site.window)
+    scale = gw.attr(node, "scale", 0.0) or 1.0 / math.sqrt(dh)
+    out = attend(b, q, key, value, h, hkv, dh, scale, gw.attr(node, "softcap", 0.0), pools[0].dtype, site.window)
     out = b.op("Transpose", out, perm=[0, 2, 1, 3])                                   # [B, S, H, Dh]
     b.retire(node, b.op("Reshape", out, b.const([0, 0, h * dh])))                     # [B, S, H·Dh]
     return outs
@@ -83,22 +81,23 @@ def _split_heads(b: PagedBuilder, node: ir.Node, h: int, hkv: int, dh: int) -> t
     return tuple(b.op("Slice", packed, b.const([lo]), b.const([hi]), b.const([1])) for lo, hi in zip(bounds, bounds[1:]))
 
 
-def fused_rotary(b: PagedBuilder, x: ir.Value, cos_cache: ir.Value, sin_cache: ir.Value,
+def fused_rotary(b: PagedBuilder, x: ir.Value, cos_cache: ir.Value, sin_cache: ir.Value, rows: ir.Value,
                  interleaved: bool, num_heads: int, head_dim: int) -> ir.Value:
-    """com.microsoft.RotaryEmbedding on x [B, heads, S, Dh] at position_ids: one op instead of ~12 (ONNX Runtime)."""
-    rotary_dim = 2 * cos_cache.shape[1]
+    """com.microsoft.RotaryEmbedding on x [B, heads, S, Dh] at rows [B, S] of the caches: one op instead of ~12
+    (ONNX Runtime)."""
+    rotary_dim = 2 * _cache_width(cos_cache)
     attributes = {"interleaved": int(interleaved)}
     if rotary_dim < head_dim:   # partial rotary: the last Dh - R dims pass through
         attributes.update(rotary_embedding_dim=rotary_dim, num_heads=num_heads)
-    return b.tape.op("RotaryEmbedding", [x, b.position_ids, cos_cache, sin_cache], attributes, domain="com.microsoft")
+    return b.tape.op("RotaryEmbedding", [x, rows, cos_cache, sin_cache], attributes, domain="com.microsoft")
 
 
-def apply_rotary(b: PagedBuilder, x: ir.Value, cos_cache: ir.Value, sin_cache: ir.Value,
+def apply_rotary(b: PagedBuilder, x: ir.Value, cos_cache: ir.Value, sin_cache: ir.Value, rows: ir.Value,
                  interleaved: bool, num_heads: int, head_dim: int) -> ir.Value:
-    """Rotary on x [B, heads, S, Dh] at position_ids from plain ops (MIGraphX); caches are [max_pos, R/2]
-    (R <= Dh rotated dims); the cos/sin rows are gathered once per graph."""
-    cos, sin = b.rotary_rows(cos_cache, sin_cache)                                      # [B, 1, S, R/2]
-    half = cos_cache.shape[1]
+    """Rotary on x [B, heads, S, Dh] at rows [B, S] of caches [max_pos, R/2] (R <= Dh rotated dims), from plain
+    ops (MIGraphX); the cos/sin rows are gathered once per graph."""
+    cos, sin = b.rotary_rows(cos_cache, sin_cache, rows)                                # [B, 1, S, R/2]
+    half = _cache_width(cos_cache)
     rot, rest = b.op("Slice", x, b.const([0]), b.const([2 * half]), b.const([3])), None
     if 2 * half < head_dim:  # partial rotary: the last Dh - R dims pass through
         rest = b.op("Slice", x, b.const([2 * half]), b.const([head_dim]), b.const([3]))
@@ -117,3 +116,16 @@ def apply_rotary(b: PagedBuilder, x: ir.Value, cos_cache: ir.Value, sin_cache: i
     else:
         y = b.op("Concat", y1, y2, axis=3)
     return y if rest is None else b.op("Concat", y, rest, axis=3)
+
+
+def _cache_width(cache: ir.Value) -> int:
+    """R/2 of a cos/sin cache [rows, R/2]; transformers' ORT-fused exports build it with Concat (shape unknown),
+    so the width is read off the first static [·, R/2] value it is built from."""
+    for _ in range(8):
+        if cache.shape is not None and len(cache.shape) == 2 and isinstance(cache.shape[1], int):
+            return cache.shape[1]
+        producer = cache.producer()
+        if producer is None or producer.op_type not in ("Concat", "Reshape", "Expand", "Identity", "Cast"):
+            break
+        cache = producer.inputs[0]
+    raise ValueError(f"GroupQueryAttention's cos/sin cache '{cache.name}' has no static width [rows, R/2]")

@@ -15,6 +15,7 @@ import math
 
 import onnx_ir as ir
 
+from pagedc.passes import graph_walk as gw
 from pagedc.passes.grouped_attention import attend
 from pagedc.passes.paged_builder import PagedBuilder
 from pagedc.passes.site import AttentionSite
@@ -22,32 +23,24 @@ from pagedc.passes.site import AttentionSite
 _UNSUPPORTED_INPUTS = {4: "key_padding_mask", 8: "past_sequence_length", 9: "cache_indirection"}
 
 
-def _attr(node: ir.Node, name: str, default):
-    attr = node.attributes.get(name)
-    return attr.value if attr is not None else default
-
-
 def check_mha(site: AttentionSite) -> str | None:
-    node = site.nodes["op"]
-    for index, name in _UNSUPPORTED_INPUTS.items():
-        if index < len(node.inputs) and node.inputs[index] is not None:
-            return f"MultiHeadAttention with {name} is not supported"
+    node = site.nodes.op
     for index, name in ((0, "query"), (1, "key"), (2, "value")):
         value = node.inputs[index]
         if value is None or (value.shape is not None and len(value.shape) != 3):
             return f"MultiHeadAttention's {name} must be [B, S, H·Dh] (packed or 4-D inputs are not supported)"
-    if not (site.num_heads and site.head_dim) or site.num_kv_heads != site.num_heads:
-        return "num_heads or head_dim is unknown, or past_key's heads differ from num_heads"
-    return None
+    if site.num_kv_heads != site.num_heads:
+        return "past_key's heads differ from num_heads (MultiHeadAttention has no grouped KV heads)"
+    return gw.unsupported_input(node, _UNSUPPORTED_INPUTS)
 
 
 def rewrite_mha(site: AttentionSite, builder: PagedBuilder, pools: list[ir.Value]) -> list[ir.Value]:
-    node, b = site.nodes["op"], builder
+    node, b = site.nodes.op, builder
     h, dh = site.num_heads, site.head_dim
     q, k, v = _with_bias(b, node, h * dh)
     k, v = (b.op("Reshape", x, b.const([0, 0, h, dh])) for x in (k, v))                    # [B, S, H, Dh]
     outs, key, value = b.write_and_read(pools, k, v, h, tokens_first=True)
-    scale = _attr(node, "scale", 0.0) or 1.0 / math.sqrt(dh)
+    scale = gw.attr(node, "scale", 0.0) or 1.0 / math.sqrt(dh)
     b.retire(node, attend(b, q, key, value, h, h, dh, scale, 0.0, pools[0].dtype, site.window,
                           tokens_first=True))                                             # [B, S, H·Dh]
     return outs
@@ -56,7 +49,7 @@ def rewrite_mha(site: AttentionSite, builder: PagedBuilder, pools: list[ir.Value
 def _with_bias(b: PagedBuilder, node: ir.Node, width: int) -> tuple[ir.Value, ir.Value, ir.Value]:
     """query, key, value plus their parts of the packed bias [3·H·Dh], when there is one."""
     q, k, v = node.inputs[:3]
-    bias = node.inputs[3] if len(node.inputs) > 3 else None
+    bias = gw.input_at(node, 3)
     if bias is None:
         return q, k, v
     parts = [b.op("Slice", bias, b.const([i * width]), b.const([(i + 1) * width]), b.const([0])) for i in range(3)]

@@ -1,4 +1,4 @@
-"""Facts about one attention layer read off the graph: heads, rotary, mask kind.
+"""Facts about one attention layer read off the graph: heads, head dims, rotary (mask kind: mask_facts.py).
 
 All three are read from structure and static shapes (weights' shapes, never
 their values), so a multi-GB model is inspected without loading its weights.
@@ -11,7 +11,6 @@ import onnx_ir as ir
 from pagedc.passes import graph_walk as gw
 
 PROJECTION_OPS = frozenset({"MatMul", "Gemm", "MatMulNBits", "MatMulInteger"})
-COMPARE_OPS = frozenset({"Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Trilu"})
 
 
 def projection_width(node: ir.Node) -> int | None:
@@ -83,6 +82,47 @@ def num_heads_from_query(query: ir.Value, head_dim: int | None, num_kv_heads: in
     return width // head_dim
 
 
+def kv_dims_from_new_key(new_key: ir.Value) -> tuple[int | None, int | None]:
+    """(Hkv, Dh) of a layer's new keys [B, Hkv, S, Dh], for a past_key whose dims are symbolic.
+
+    Read off the new key's own shape when static, else off the Reshape that
+    splits the K projection into heads ([B, S, Hkv, Dh], constant or a Concat of
+    constant pieces; a -1 there is the projection width over the other).
+    """
+    num_kv_heads, head_dim = gw.static_dim(new_key, 1), gw.static_dim(new_key, 3)
+    if num_kv_heads and head_dim:
+        return num_kv_heads, head_dim
+    for node in local_ancestors(new_key):
+        target = _reshape_target(node) if node.op_type == "Reshape" else None
+        if target is None or len(target) != 4:
+            continue
+        heads, dim = target[2], target[3]
+        projections = [n for n in local_ancestors(node.inputs[0], max_nodes=3) if is_projection(n)]
+        width = projection_width(projections[0]) if projections else None
+        if heads == -1 and width and dim and dim > 0:
+            heads = width // dim
+        if dim == -1 and width and heads and heads > 0:
+            dim = width // heads
+        if heads and dim and heads > 0 and dim > 0:
+            return num_kv_heads or heads, head_dim or dim
+    return num_kv_heads, head_dim
+
+
+def _reshape_target(node: ir.Node) -> list[int | None] | None:
+    """A Reshape's target shape: a constant, or a Concat of one-element pieces (None where not constant)."""
+    shape = node.inputs[1]
+    whole = gw.const_ints(shape)
+    if whole is not None:
+        return whole
+    producer = shape.producer()
+    if producer is None or producer.op_type != "Concat":
+        return None
+    pieces = [gw.const_ints(piece) for piece in producer.inputs]
+    if any(p is not None and len(p) != 1 for p in pieces):
+        return None
+    return [p[0] if p is not None else None for p in pieces]
+
+
 def rotary_of(new_key: ir.Value) -> str:
     """Where rotary embedding is applied to the new keys before they enter the cache."""
     nodes = local_ancestors(new_key)
@@ -103,37 +143,3 @@ def _position_source(nodes: list[ir.Node]) -> str:
     if any("mask" in name for name in reached):
         return ", positions from attention_mask"
     return ""
-
-
-def classify_mask(mask: ir.Value | None) -> str:
-    """"causal", "sliding window N" or "other: <why>" for the additive/boolean mask of one layer."""
-    if mask is None:
-        return "other: no mask found before Softmax"
-    nodes = gw.ancestors(mask, max_nodes=2000)
-    compares = [n for n in nodes if n.op_type in COMPARE_OPS]
-    if not compares:
-        if mask.is_graph_input():
-            return f"other: mask comes from graph input '{mask.name}' (bias or custom mask)"
-        return "other: no causal comparison in the mask"
-    window = _window_size(nodes)
-    return f"sliding window {window}" if window else "causal"
-
-
-def _window_size(nodes: list[ir.Node]) -> int | None:
-    """A constant offset |c| > 1 added to positions before a comparison (HF: kv_idx > q_idx - window)."""
-    for node in nodes:
-        if node.op_type == "Trilu" and len(node.inputs) > 1:
-            k = gw.const_ints(node.inputs[1])
-            if k and abs(k[0]) > 1:
-                return abs(k[0])
-        if node.op_type in ("Sub", "Add") and _feeds_compare(node):
-            for operand in node.inputs:
-                value = gw.const_ints(operand)
-                if value and len(value) == 1 and abs(value[0]) > 1:
-                    return abs(value[0])
-    return None
-
-
-def _feeds_compare(node: ir.Node) -> bool:
-    hits = gw.walk_down(node.outputs[0], set(COMPARE_OPS), {"Cast", "Unsqueeze", "Reshape", "Expand", "Identity"}, max_depth=3)
-    return bool(hits)

@@ -13,7 +13,7 @@ forks) is usable alone; it knows nothing of devices.
 from pagedc.runtime.block_manager import PagedKVCacheManager
 from pagedc.runtime.engine import Engine, EngineOptions, PhaseTimes, StepTimes
 from pagedc.runtime.feeds import NULL_BLOCK, SequenceStep, step_feeds
-from pagedc.runtime.ort_session import OrtPagedSession, SessionOptions
+from pagedc.runtime.sessions.ort import OrtPagedSession, SessionOptions
 from pagedc.runtime.sampling import SamplingParams, sample
 
 __all__ = [

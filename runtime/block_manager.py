@@ -37,9 +37,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pagedc.runtime.feeds import NULL_BLOCK, SequenceStep, slots_of, step_feeds
+from pagedc.errors import RequestError
+from pagedc.manifest_schema import LAYOUTS
+from pagedc.runtime.checks import require_bool, require_int, token_ids as checked_token_ids
+from pagedc.runtime.feeds import NULL_BLOCK, SequenceStep
 
-LAYOUTS = ("separate", "combined")
 Unit = tuple[int, ...]          # (block,) or (key_block, value_block)
 
 
@@ -48,7 +50,7 @@ class _Sequence:
     units: list[Unit] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)    # known tokens (hashing needs them)
     num_tokens: int = 0         # tokens whose KV is (or is being) written
-    num_new: int = 0            # tokens of the last append (this step's tokens)
+    num_new: int = 0            # tokens of the last append: reserved, not yet known to be computed
     num_hashed: int = 0         # leading units that are full and registered in the cache
     parent_digest: bytes = b""  # digest of unit num_hashed - 1
     cache_key: str = ""
@@ -56,12 +58,11 @@ class _Sequence:
 
 class PagedKVCacheManager:
     def __init__(self, num_blocks: int, block_size: int, layout: str = "separate", enable_prefix_caching: bool = True):
-        if num_blocks < 2:
-            raise ValueError(f"num_blocks must be >= 2 (block {NULL_BLOCK} is the null block), got {num_blocks}")
-        if block_size < 1:
-            raise ValueError(f"block_size must be >= 1, got {block_size}")
+        num_blocks = require_int("num_blocks", num_blocks, minimum=2)
+        block_size = require_int("block_size", block_size, minimum=1)
         if layout not in LAYOUTS:
-            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+            raise RequestError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        require_bool("enable_prefix_caching", enable_prefix_caching)
         self.num_blocks, self.block_size, self.layout = num_blocks, block_size, layout
         self.is_combined = layout == "combined"
         self.enable_prefix_caching = enable_prefix_caching
@@ -102,8 +103,9 @@ class PagedKVCacheManager:
         block_size, always < len(prompt) so the last token is computed).
         """
         if seq_id in self._seqs:
-            raise ValueError(f"sequence {seq_id!r} is already in the cache; free it first or use a new id")
-        seq = _Sequence(token_ids=list(prompt_token_ids), cache_key=cache_key)
+            raise RequestError(f"sequence {seq_id!r} is already in the cache; free it first or use a new id")
+        prompt_token_ids = checked_token_ids("prompt_token_ids", prompt_token_ids)
+        seq = _Sequence(token_ids=prompt_token_ids, cache_key=cache_key)
         self._seqs[seq_id] = seq
         if not (self.enable_prefix_caching and prompt_token_ids):
             return 0
@@ -126,7 +128,7 @@ class PagedKVCacheManager:
     def fork(self, parent: Hashable, child: Hashable) -> None:
         """The child shares all of the parent's blocks; the first write into a shared block copies it."""
         if child in self._seqs:
-            raise ValueError(f"sequence {child!r} is already in the cache; fork into a new id")
+            raise RequestError(f"sequence {child!r} is already in the cache; fork into a new id")
         src = self._seq(parent)
         for unit in src.units:
             self._ref[unit] += 1
@@ -158,19 +160,24 @@ class PagedKVCacheManager:
     def blocks_needed(self, seq_id: Hashable, num_new: int) -> int:
         """Free units an append of `num_new` tokens takes (new blocks, plus a copy of a shared last block)."""
         seq = self._seq(seq_id)
+        num_new = require_int("num_new", num_new, minimum=0)
         extra = self._units_for(seq.num_tokens + num_new) - len(seq.units)
         return extra + int(num_new > 0 and self._last_unit_is_shared(seq))
 
     def can_append(self, seq_id: Hashable, num_new: int) -> bool:
         return self.blocks_needed(seq_id, num_new) <= len(self._free)
 
-    def append(self, seq_id: Hashable, num_new: int, token_ids: Sequence[int] | None = None) -> np.ndarray:
-        """Reserve slots for `num_new` tokens ([n], or [2, n] K/V rows when combined).
+    def append(self, seq_id: Hashable, num_new: int, token_ids: Sequence[int] | None = None) -> SequenceStep:
+        """Reserve slots for `num_new` tokens; returns this sequence's part of the step (its blocks, the new
+        positions and tokens), which `step_feeds` turns into the ABI inputs; `.slots(block_size)` are the slots.
 
-        `token_ids` (the new tokens) let completed blocks join the prefix cache.
+        `token_ids` (the new tokens) let completed blocks join the prefix cache and fill `input_ids`.
         Call `can_append` first: here running out raises before anything changes.
         """
         seq = self._seq(seq_id)
+        num_new = require_int("num_new", num_new, minimum=0)
+        if token_ids is not None and len(token_ids := checked_token_ids("token_ids", token_ids)) != num_new:
+            raise RequestError(f"append({seq_id!r}, {num_new}) was given {len(token_ids)} token ids; give exactly num_new")
         self._check_capacity(seq_id, seq.num_tokens + num_new)
         needed = self.blocks_needed(seq_id, num_new)
         if needed > len(self._free):
@@ -187,9 +194,8 @@ class PagedKVCacheManager:
         known = len(seq.token_ids)  # tokens given at add() or earlier appends
         if token_ids is not None and known < seq.num_tokens:
             seq.token_ids += list(token_ids)[known - (seq.num_tokens - num_new):]
-        rows = [slots_of([u[row] for u in seq.units], positions, self.block_size)
-                for row in range(2 if self.is_combined else 1)]
-        return np.stack(rows) if self.is_combined else rows[0]
+        key_blocks, value_blocks = self.block_ids(seq_id)
+        return SequenceStep(key_blocks, list(positions), value_blocks, tuple(token_ids) if token_ids is not None else ())
 
     def take_copies(self) -> list[tuple[int, int]]:
         """Block copies (src, dst) the runtime must apply to its pools before the next step."""
@@ -198,18 +204,6 @@ class PagedKVCacheManager:
 
     def max_tokens_per_sequence(self) -> int:
         return self.num_units * self.block_size
-
-    # -- step inputs ---------------------------------------------------------------------
-    def step_inputs(self, seq_ids: Sequence[Hashable], *, num_tokens: int | None = None,
-                    max_blocks: int | None = None, batch: int | None = None) -> dict[str, np.ndarray]:
-        """block_table, slot_mapping, context_lens, position_ids for each sequence's last append."""
-        steps = []
-        for seq_id in seq_ids:
-            seq = self._seq(seq_id)
-            key_blocks, value_blocks = self.block_ids(seq_id)
-            steps.append(SequenceStep(key_blocks, list(range(seq.num_tokens - seq.num_new, seq.num_tokens)), value_blocks))
-        return step_feeds(steps, self.block_size, layout=self.layout, num_tokens=num_tokens,
-                          max_blocks=max_blocks, batch=batch)
 
     # -- accounting --------------------------------------------------------------------
     def stats(self) -> dict:
@@ -296,7 +290,7 @@ class PagedKVCacheManager:
     def _check_capacity(self, seq_id: Hashable, num_tokens: int) -> None:
         limit = self.max_tokens_per_sequence()
         if num_tokens > limit:
-            raise ValueError(f"sequence {seq_id!r} would hold {num_tokens} tokens; the pool of {self.num_blocks} "
+            raise RequestError(f"sequence {seq_id!r} would hold {num_tokens} tokens; the pool of {self.num_blocks} "
                              f"blocks x {self.block_size} tokens holds at most {limit} for one sequence")
 
     def _seq(self, seq_id: Hashable) -> _Sequence:

@@ -15,59 +15,27 @@ equals an independent run of the same prompt with seed + k.
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from pagedc.errors import RequestError
 from pagedc.manifest import Manifest
 from pagedc.runtime.block_manager import PagedKVCacheManager
-from pagedc.runtime.mxr_session import MxrPagedSession
-from pagedc.runtime.ort_session import OrtPagedSession, SessionOptions
+from pagedc.runtime.feeds import SequenceStep, step_feeds
+from pagedc.runtime.checks import is_int, prompts_list, require_bool, require_int
+from pagedc.runtime.sessions import SessionOptions, open_session
 from pagedc.runtime.request import Request, Status
+from pagedc.runtime.request_check import check_request, max_model_len
 from pagedc.runtime.sampling import SamplingParams, sample
 from pagedc.runtime.scheduler import Scheduler
+from pagedc.runtime.step_times import PhaseTimes, StepTimes
 
-
-@dataclass
-class PhaseTimes:
-    """Wall time of one kind of session run (feeds, run, sampling) and of the session.run inside it."""
-
-    num_steps: int = 0
-    num_tokens: int = 0     # tokens computed
-    step_s: float = 0.0
-    run_s: float = 0.0
-
-    @property
-    def overhead_share(self) -> float:
-        """Share of step time spent outside session.run (the engine's own Python work)."""
-        return (self.step_s - self.run_s) / self.step_s if self.step_s else 0.0
-
-
-@dataclass
-class StepTimes:
-    prefill: PhaseTimes = field(default_factory=PhaseTimes)
-    decode: PhaseTimes = field(default_factory=PhaseTimes)
-
-    @property
-    def num_steps(self) -> int:
-        return self.prefill.num_steps + self.decode.num_steps
-
-    @property
-    def step_s(self) -> float:
-        return self.prefill.step_s + self.decode.step_s
-
-    @property
-    def run_s(self) -> float:
-        return self.prefill.run_s + self.decode.run_s
-
-    @property
-    def overhead_share(self) -> float:
-        return (self.step_s - self.run_s) / self.step_s if self.step_s else 0.0
+__all__ = ["Engine", "EngineOptions", "PhaseTimes", "StepTimes"]
 
 
 @dataclass(frozen=True)
@@ -76,18 +44,28 @@ class EngineOptions:
     max_num_batched_tokens: int = 2048   # tokens computed per step (decodes + prefill chunks)
     enable_prefix_caching: bool = True
 
+    def __post_init__(self) -> None:
+        require_int("EngineOptions.max_num_seqs", self.max_num_seqs, minimum=1)
+        require_int("EngineOptions.max_num_batched_tokens", self.max_num_batched_tokens, minimum=1)
+        require_bool("EngineOptions.enable_prefix_caching", self.enable_prefix_caching)
+
 
 class Engine:
     def __init__(self, manifest: Manifest, directory: str | Path, options: SessionOptions = SessionOptions(),
                  engine_options: EngineOptions = EngineOptions(), session=None):
         """`session` overrides the backend's session (anything with run(feeds), copy_blocks, pools)."""
+        for name, value, kind in (("options", options, SessionOptions), ("engine_options", engine_options, EngineOptions)):
+            if not isinstance(value, kind):
+                raise RequestError(f"{name} must be a {kind.__name__}, got {type(value).__name__}")
         self.manifest = manifest
-        self.session = session or paged_session(manifest, directory, options)
+        self.session = session or open_session(manifest, directory, options)
         self.manager = PagedKVCacheManager.from_manifest(manifest, engine_options.enable_prefix_caching)
         self.scheduler = Scheduler(self.manager, **_batch_limits(manifest, engine_options))
+        self.max_model_len, self._limit_reason = max_model_len(manifest, self.manager.max_tokens_per_sequence())
         self.times = StepTimes()
         self.requests: dict[int, Request] = {}
-        self._ids = itertools.count()
+        self._next_id = 0                 # ids below it were handed out (forked samples' included)
+        self._early_aborts: set[int] = set()   # aborted forked-sample ids whose request does not exist yet
         self._lock = threading.Lock()
         self._incoming: list[Request] = []
         self._aborts: set[int] = set()
@@ -103,22 +81,30 @@ class Engine:
     # -- requests ----------------------------------------------------------------------
     def add_request(self, prompt: Sequence[int], max_new_tokens: int = 16, sampling: SamplingParams = SamplingParams(),
                     stop_token_ids: Sequence[int] = (), cache_key: str = "", n: int = 1) -> int:
-        """Queue a request (thread-safe); it joins at the next step. Returns its id (samples: id .. id+n-1)."""
-        self._check_request(prompt, max_new_tokens, n)
+        """Queue a request (thread-safe); it joins at the next step. Returns its id (samples: id .. id+n-1).
+
+        Raises RequestError for a bad argument or a prompt longer than `max_model_len`; a sequence
+        that reaches max_model_len tokens finishes with finish_reason "length" (see request_check).
+        """
+        prompt = self._check_request(prompt, max_new_tokens, n, sampling, stop_token_ids, cache_key)
         seed = sampling.seed if sampling.seed is not None else int(np.random.SeedSequence().entropy % 2**31)
         with self._lock:
-            request_id = next(self._ids)
-            for _ in range(n - 1):          # reserve the ids of the forked samples
-                next(self._ids)
-            request = Request(request_id, list(prompt), max_new_tokens, sampling, np.random.default_rng(seed),
-                              frozenset(stop_token_ids), cache_key, n, seed)
+            request_id, self._next_id = self._next_id, self._next_id + n    # forked samples take the next n - 1
+            request = Request(request_id, prompt, max_new_tokens, sampling, np.random.default_rng(seed),
+                              frozenset(int(t) for t in stop_token_ids), cache_key, n, seed)
             self._incoming.append(request)
         return request_id
 
     def abort(self, request_id: int) -> None:
-        """Drop a request at whatever stage it is (thread-safe); its blocks are freed at the next step."""
+        """Drop a request at whatever stage it is (thread-safe); its blocks are freed at the next step.
+
+        A finished request is left as it is (a no-op); an id add_request never returned raises KeyError.
+        """
         with self._lock:
-            self._aborts.add(request_id)
+            if not is_int(request_id) or not 0 <= request_id < self._next_id:
+                issued = f"ids 0..{self._next_id - 1}" if self._next_id else "no ids yet"
+                raise KeyError(f"unknown request id {request_id!r}: add_request() has returned {issued}")
+            self._aborts.add(int(request_id))
 
     def has_unfinished(self) -> bool:
         with self._lock:
@@ -128,13 +114,10 @@ class Engine:
     def step(self) -> list[tuple[int, int]]:
         """Schedule, run, sample. Returns the (request id, token) pairs sampled in this step."""
         self._take_incoming()
-        scheduled = self.scheduler.schedule()
-        self.session.copy_blocks(self.manager.take_copies())
-        # Two runs, so one long prefill chunk does not pad every decode row to its length.
-        decodes = [(r, t) for r, t in scheduled.work if len(t) == 1]
-        prefills = [(r, t) for r, t in scheduled.work if len(t) > 1]
+        scheduled = self.scheduler.schedule()                      # who runs, their blocks and tokens
+        self.session.copy_blocks(scheduled.block_copies)
         events: list[tuple[int, int]] = []
-        for work, phase in ((decodes, self.times.decode), (prefills, self.times.prefill)):
+        for work, phase in ((scheduled.decodes, self.times.decode), (scheduled.prefills, self.times.prefill)):
             if work:
                 events += self._run(work, phase)
         return events
@@ -148,25 +131,25 @@ class Engine:
             self.scheduler.add(request)
         for request_id in aborts:
             request = self.requests.get(request_id)
-            if request is not None and not request.is_done:
-                self.scheduler.finish(request, Status.ABORTED)
+            if request is None:
+                self._early_aborts.add(request_id)        # a forked sample not forked yet
+            elif not request.is_done:
+                self.scheduler.finish(request, Status.ABORTED, "abort")
 
-    def _run(self, work: list[tuple[Request, list[int]]], phase: PhaseTimes) -> list[tuple[int, int]]:
+    def _run(self, work: list[tuple[Request, SequenceStep]], phase: PhaseTimes) -> list[tuple[int, int]]:
         start = time.perf_counter()
-        feeds = self.manager.step_inputs([r.request_id for r, _ in work])
-        feeds["input_ids"] = np.zeros(feeds["position_ids"].shape, np.int64)      # [B, S], padding = token 0
-        for b, (_, tokens) in enumerate(work):
-            feeds["input_ids"][b, : len(tokens)] = tokens
+        feeds = step_feeds([s for _, s in work], self.manifest.block_size, layout=self.manifest.layout)
         run_start = time.perf_counter()
         logits = self.session.run(feeds)                                           # [B, S, V]
         run_s = time.perf_counter() - run_start
         events = []
-        for b, (request, tokens) in enumerate(work):
-            request.num_computed += len(tokens)
+        for b, (request, seq_step) in enumerate(work):
+            num_new = len(seq_step.positions)
+            request.num_computed += num_new
             if request.num_computed == len(request.all_tokens):                    # prompt done or a decode
-                events += self._sample(request, logits[b, len(tokens) - 1])
+                events += self._sample(request, logits[b, num_new - 1])
         phase.num_steps += 1
-        phase.num_tokens += sum(len(t) for _, t in work)
+        phase.num_tokens += sum(len(s.positions) for _, s in work)
         phase.run_s += run_s
         phase.step_s += time.perf_counter() - start
         return events
@@ -179,8 +162,10 @@ class Engine:
             r.output.append(token)
             r.first_token_time = r.first_token_time or time.perf_counter()
             events.append((r.request_id, token))
-            if token in r.stop_token_ids or len(r.output) >= r.max_new_tokens:
-                self.scheduler.finish(r)
+            if token in r.stop_token_ids:
+                self.scheduler.finish(r, reason="stop")
+            elif len(r.output) >= r.max_new_tokens or len(r.all_tokens) >= self.max_model_len:
+                self.scheduler.finish(r, reason="length")
         return events
 
     def _fork(self, parent: Request) -> list[Request]:
@@ -191,9 +176,13 @@ class Engine:
                             np.random.default_rng(parent.seed + k), parent.stop_token_ids, parent.cache_key,
                             seed=parent.seed + k, num_computed=parent.num_computed, status=Status.RUNNING,
                             arrival_time=parent.arrival_time)
-            self.manager.fork(parent.request_id, child.request_id)
             self.requests[child.request_id] = child
-            self.scheduler.running.append(child)
+            if child.request_id in self._early_aborts:
+                self._early_aborts.discard(child.request_id)
+                child.status, child.finish_reason = Status.ABORTED, "abort"
+                continue
+            self.manager.fork(parent.request_id, child.request_id)
+            self.scheduler.add_forked(child)
             children.append(child)
         parent.num_samples = 1
         return children
@@ -201,7 +190,7 @@ class Engine:
     # -- blocking conveniences -------------------------------------------------------------
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int = 16,
                  sampling: SamplingParams = SamplingParams(), stop_token_ids: Sequence[int] = ()) -> list[list[int]]:
-        outputs: list[list[int]] = [[] for _ in prompts]
+        outputs: list[list[int]] = [[] for _ in prompts_list(prompts)]
         for index, token in self.stream(prompts, max_new_tokens, sampling, stop_token_ids):
             outputs[index].append(token)
         return outputs
@@ -209,8 +198,9 @@ class Engine:
     def stream(self, prompts: Sequence[Sequence[int]], max_new_tokens: int = 16,
                sampling: SamplingParams = SamplingParams(), stop_token_ids: Sequence[int] = ()) -> Iterator[tuple[int, int]]:
         """Yield (prompt index, token id) as tokens are sampled; prompt i samples with seed + i."""
-        for index, prompt in enumerate(prompts):
-            self._check_request(prompt, max_new_tokens, 1, index)
+        prompts = prompts_list(prompts)
+        for index, prompt in enumerate(prompts):     # all checked before any is queued
+            self._check_request(prompt, max_new_tokens, 1, sampling, stop_token_ids, "", f"prompt {index}")
         seed = sampling.seed if sampling.seed is not None else int(np.random.SeedSequence().entropy % 2**31)
         ids = {self.add_request(p, max_new_tokens, _with_seed(sampling, seed + i), stop_token_ids): i
                for i, p in enumerate(prompts)}
@@ -240,35 +230,10 @@ class Engine:
         }
 
     # -- checks ----------------------------------------------------------------------------
-    def _check_request(self, prompt: Sequence[int], max_new_tokens: int, n: int, index: int | None = None) -> None:
-        name = "prompt" if index is None else f"prompt {index}"
-        if not prompt:
-            raise ValueError(f"{name} is empty")
-        vocab = self.manifest.vocab_size
-        bad = [t for t in prompt if not 0 <= t < (vocab or 2**63)]
-        if bad:
-            raise ValueError(f"{name} has token ids outside the vocabulary [0, {vocab}): {bad[:5]}")
-        if max_new_tokens < 1 or n < 1:
-            raise ValueError(f"max_new_tokens and n must be >= 1, got {max_new_tokens} and {n}")
-        if self.manifest.max_context and len(prompt) + max_new_tokens > self.manifest.max_context:
-            raise ValueError(f"{name} needs {len(prompt) + max_new_tokens} tokens of context ({len(prompt)} prompt + "
-                             f"{max_new_tokens} new); the compiled buckets hold {self.manifest.max_context} "
-                             "(recompile with a larger --max-context)")
-        needed = -(-(len(prompt) + max_new_tokens) // self.manifest.block_size)
-        if needed > self.manager.num_units:
-            raise ValueError(f"{name} needs {needed} blocks ({len(prompt)} prompt + {max_new_tokens} new tokens, "
-                             f"{self.manifest.block_size} per block), the pool has {self.manager.num_units} usable "
-                             "blocks; compile with a larger --kv-memory or --num-blocks")
-
-
-def paged_session(manifest: Manifest, directory: str | Path, options: SessionOptions = SessionOptions()):
-    """The session for the manifest's backend: the one place the two backends differ."""
-    if manifest.backend == "onnxruntime":
-        return OrtPagedSession(manifest, directory, options)
-    if manifest.backend == "migraphx":
-        return MxrPagedSession(manifest, directory)
-    raise ValueError(f"{directory}: backend {manifest.backend!r} is not one this pagedc runs "
-                     "(onnxruntime, migraphx); recompile with this pagedc")
+    def _check_request(self, prompt, max_new_tokens, n, sampling, stop_token_ids, cache_key,
+                       name: str = "prompt") -> list[int]:
+        return check_request(prompt, max_new_tokens, n, sampling, stop_token_ids, cache_key, name=name,
+                             vocab_size=self.manifest.vocab_size, limit=(self.max_model_len, self._limit_reason))
 
 
 def _batch_limits(manifest: Manifest, options: EngineOptions) -> dict:

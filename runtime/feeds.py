@@ -18,29 +18,41 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pagedc.errors import RequestError
+
 NULL_BLOCK = 0
 
 
 @dataclass(frozen=True)
 class SequenceStep:
-    """One sequence's part of a step: its blocks and the positions of its new tokens.
+    """One sequence's part of a step: its blocks, the positions of its new tokens, and those tokens.
 
     `key_blocks` covers positions 0..context_len-1 (block i holds positions
     i*block_size ..). `value_blocks` is set only in the combined layout, where
-    V blocks may differ from K blocks.
+    V blocks may differ from K blocks. `token_ids` (the new tokens, one per
+    position) fill `input_ids` when given. PagedKVCacheManager.append returns
+    one of these: the step's data, built once where the slots are reserved.
     """
 
     key_blocks: list[int]
     positions: list[int]
     value_blocks: list[int] | None = None
+    token_ids: tuple[int, ...] = ()
+
+    def slots(self, block_size: int) -> np.ndarray:
+        """int32 [n] slots of the new tokens, or [2, n] (K row, V row) when V blocks are separate."""
+        rows = [slots_of(blocks, self.positions, block_size) for blocks in _rows(self, self.value_blocks is not None)]
+        return np.stack(rows) if len(rows) > 1 else rows[0]
 
 
 def step_feeds(steps: list[SequenceStep], block_size: int, *, layout: str = "separate",
                num_tokens: int | None = None, max_blocks: int | None = None, batch: int | None = None) -> dict[str, np.ndarray]:
-    """block_table, slot_mapping, context_lens, position_ids for one step, padded to the given sizes.
+    """block_table, slot_mapping, context_lens, position_ids (and input_ids, when the steps carry their
+    token ids) for one step, padded to the given sizes: the one place a step becomes the ABI's inputs.
 
     num_tokens (S) defaults to the longest sequence's new tokens, max_blocks to
     the longest table, batch to len(steps); larger values pad (static shapes).
+    Padding tokens are id 0.
     """
     seq_len = num_tokens or max(len(s.positions) for s in steps)
     max_blocks = max_blocks or max(len(s.key_blocks) for s in steps)
@@ -61,12 +73,17 @@ def step_feeds(steps: list[SequenceStep], block_size: int, *, layout: str = "sep
             tables[row, b, : len(blocks)] = blocks
             slots[row, b * seq_len : b * seq_len + count] = slots_of(blocks, step.positions, block_size)
     block_table = tables.transpose(1, 0, 2) if is_combined else tables[0]
-    return {
+    feeds = {
         "block_table": np.ascontiguousarray(block_table),   # [B, MB] or [B, 2, MB] int32
         "slot_mapping": slots if is_combined else slots[0],   # [B*S] or [2, B*S] int32
         "context_lens": context_lens,
         "position_ids": position_ids,
     }
+    if any(step.token_ids for step in steps):
+        feeds["input_ids"] = np.zeros((batch, seq_len), np.int64)          # [B, S]
+        for b, step in enumerate(steps):
+            feeds["input_ids"][b, : len(step.token_ids)] = step.token_ids
+    return feeds
 
 
 def _rows(step: SequenceStep, is_combined: bool) -> list[list[int]]:
@@ -81,17 +98,21 @@ def slots_of(blocks: list[int], positions, block_size: int) -> np.ndarray:
 
 
 def _check_sizes(steps: list[SequenceStep], block_size: int, seq_len: int, max_blocks: int, batch: int) -> None:
+    if not steps:
+        raise RequestError("a step needs at least one sequence")
     if len(steps) > batch:
-        raise ValueError(f"{len(steps)} sequences do not fit a batch of {batch}")
+        raise RequestError(f"{len(steps)} sequences do not fit a batch of {batch}")
     for i, step in enumerate(steps):
+        if step.token_ids and len(step.token_ids) != len(step.positions):
+            raise RequestError(f"sequence {i} has {len(step.token_ids)} token ids for {len(step.positions)} positions")
         if len(step.positions) > seq_len:
-            raise ValueError(f"sequence {i} has {len(step.positions)} new tokens; the step takes at most {seq_len}")
+            raise RequestError(f"sequence {i} has {len(step.positions)} new tokens; the step takes at most {seq_len}")
         needed = (max(step.positions) // block_size + 1) if step.positions else 0
         for blocks in (step.key_blocks, step.value_blocks or step.key_blocks):
             if len(blocks) < needed:
-                raise ValueError(f"sequence {i} reaches position {max(step.positions)} but has only {len(blocks)} "
+                raise RequestError(f"sequence {i} reaches position {max(step.positions)} but has only {len(blocks)} "
                                  f"block(s) of {block_size}")
             if len(blocks) > max_blocks:
-                raise ValueError(f"sequence {i} has {len(blocks)} blocks; the table holds {max_blocks}")
+                raise RequestError(f"sequence {i} has {len(blocks)} blocks; the table holds {max_blocks}")
             if NULL_BLOCK in blocks:
-                raise ValueError(f"sequence {i} uses the null block {NULL_BLOCK}; it is reserved for padding")
+                raise RequestError(f"sequence {i} uses the null block {NULL_BLOCK}; it is reserved for padding")

@@ -35,6 +35,7 @@ class Request:
     arrival_time: float = field(default_factory=time.perf_counter)
     first_token_time: float | None = None
     num_preemptions: int = 0
+    finish_reason: str | None = None   # "stop" (a stop token), "length" (max_new_tokens or max_model_len), "abort"
 
     @property
     def all_tokens(self) -> list[int]:

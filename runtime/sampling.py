@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
+
+from pagedc.errors import RequestError
+from pagedc.runtime.checks import require_int
 
 
 @dataclass(frozen=True)
@@ -15,12 +20,17 @@ class SamplingParams:
     seed: int | None = None
 
     def __post_init__(self) -> None:
+        for name in ("temperature", "top_p"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Real) or isinstance(value, bool) or math.isnan(value):
+                raise RequestError(f"{name} must be a number, got {type(value).__name__} {value!r}")
         if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+            raise RequestError(f"temperature must be >= 0, got {self.temperature}")
+        require_int("top_k", self.top_k, minimum=0)
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise RequestError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.seed is not None:
+            require_int("seed", self.seed, minimum=0)
 
     @property
     def is_greedy(self) -> bool:

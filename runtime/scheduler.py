@@ -6,10 +6,14 @@ Each step (the shape of vLLM v1's and nano-vllm's schedulers):
    them, the newest running request is preempted (its blocks freed, its
    tokens recomputed later), until the request fits or is itself preempted;
 2. waiting requests are admitted, oldest first, while `max_num_seqs` and the
-   `max_num_batched_tokens` budget allow; a prompt longer than what is left of
-   the budget is prefilled in chunks across steps; prefix-cached blocks are
-   taken at admission and not recomputed.
-Slots are reserved (manager.append) here, so a scheduled step never runs out.
+   `max_num_batched_tokens` budget allow — the budget counts the token slots
+   the step computes, the prefill run padded to its longest chunk (`_chunk`);
+   a prompt longer than what is left is prefilled in chunks across steps;
+   prefix-cached blocks are taken at admission and not recomputed.
+Slots are reserved (manager.append) here, so a scheduled step never runs out,
+and the step comes out as data: per batch the requests and their
+SequenceSteps (blocks, positions, tokens), plus the block copies to apply
+first; the engine only turns that into feeds (runtime/feeds.step_feeds).
 """
 
 from __future__ import annotations
@@ -17,13 +21,31 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from pagedc.errors import PagedcError
 from pagedc.runtime.block_manager import PagedKVCacheManager
+from pagedc.runtime.feeds import SequenceStep
 from pagedc.runtime.request import Request, Status
+
+
+class SchedulerStalled(PagedcError, RuntimeError):
+    """A step with work queued but nothing schedulable: raised instead of spinning forever."""
 
 
 @dataclass
 class ScheduledStep:
-    work: list[tuple[Request, list[int]]] = field(default_factory=list)   # request, its tokens this step
+    """One step: what each scheduled request computes, and the block copies to apply before it runs."""
+
+    work: list[tuple[Request, SequenceStep]] = field(default_factory=list)   # request, its part of the step
+    block_copies: list[tuple[int, int]] = field(default_factory=list)       # (src, dst) copy-on-write copies
+
+    @property
+    def decodes(self) -> list[tuple[Request, SequenceStep]]:
+        return [(r, s) for r, s in self.work if len(s.positions) == 1]
+
+    @property
+    def prefills(self) -> list[tuple[Request, SequenceStep]]:
+        """Prompt chunks; run apart from the decodes, so one long chunk does not pad every decode row."""
+        return [(r, s) for r, s in self.work if len(s.positions) > 1]
 
 
 class Scheduler:
@@ -46,29 +68,61 @@ class Scheduler:
 
     def schedule(self) -> ScheduledStep:
         step = ScheduledStep()
-        budget = self.max_num_batched_tokens
         for request in list(self.running):
             if request.status is not Status.RUNNING:
                 continue                                    # preempted earlier in this loop
-            tokens = request.pending_tokens()[: self._chunk(budget, step)] if request.is_prefilling \
-                else request.pending_tokens()
-            if not tokens or budget < len(tokens) or not self._reserve(request, tokens, step):
-                continue
-            budget -= len(tokens)
-        while self.waiting and len(self.running) < self.max_num_seqs and self._chunk(budget, step) > 0:
-            if not self._admit(self.waiting[0], self._chunk(budget, step), step):
+            if request.is_prefilling:
+                tokens = request.pending_tokens()[: self._chunk(step)]
+            else:
+                tokens = request.pending_tokens()
+                tokens = tokens if self._cost(step) + len(tokens) <= self.max_num_batched_tokens else []
+            if tokens:
+                self._reserve(request, tokens, step)
+        while self.waiting and len(self.running) < self.max_num_seqs and self._chunk(step) > 0:
+            if not self._admit(self.waiting[0], self._chunk(step), step):
                 break
-            budget -= len(step.work[-1][1])
+        if not step.work and self.has_work():
+            raise SchedulerStalled(self._stall_reason())
+        step.block_copies = self.manager.take_copies()
         return step
 
-    def _chunk(self, budget: int, step: ScheduledStep) -> int:
-        """Prefill tokens one more request may take this step (0 once the prefill run is full)."""
-        num_prefills = sum(1 for _, tokens in step.work if len(tokens) > 1)
-        return 0 if num_prefills >= self.max_prefill_seqs else min(budget, self.max_prefill_len)
+    def add_forked(self, request: Request) -> None:
+        """A sample forked from a running request (n > 1) runs from the next step on."""
+        self.running.append(request)
 
-    def finish(self, request: Request, status: Status = Status.FINISHED) -> None:
-        """Drop a request from the queues and free its blocks."""
-        request.status = status
+    def _stall_reason(self) -> str:
+        waiting = self.waiting[0] if self.waiting else None
+        head = (f"request {waiting.request_id} ({len(waiting.all_tokens)} tokens) cannot be admitted"
+                if waiting else "no running request can take a token")
+        return (f"the scheduler can make no progress: {head}; {len(self.running)} running, {len(self.waiting)} "
+                f"waiting, {self.manager.num_free_blocks} free blocks, max_num_seqs {self.max_num_seqs}, "
+                f"max_num_batched_tokens {self.max_num_batched_tokens}. This is a bug in pagedc: please report it")
+
+    def _cost(self, step: ScheduledStep) -> int:
+        """Token slots the step computes: one per decode, and the prefill run padded to its longest chunk."""
+        widths = [len(s.positions) for _, s in step.prefills]
+        return len(step.decodes) + len(widths) * max(widths, default=0)
+
+    def _chunk(self, step: ScheduledStep) -> int:
+        """Prefill tokens one more request may take this step (0 once the prefill run is full).
+
+        NOTE: the prefill run is one [B, S] session run, so a row shorter than the longest pads up to it.
+        The first chunk sets S; later rows take at most S tokens (a longer prompt continues next step)
+        and each costs S of the budget. Worked example, budget 2048, prompts 300, 50, 900 waiting:
+        [300, 50→pad 300, 300 of the 900] = 900 slots, not [300, 50, 900] padded to 2700.
+        """
+        prefills = step.prefills
+        if len(prefills) >= self.max_prefill_seqs:
+            return 0
+        left = self.max_num_batched_tokens - self._cost(step)
+        if not prefills:
+            return max(0, min(left, self.max_prefill_len))
+        width = max(len(s.positions) for _, s in prefills)
+        return width if left >= width else 0
+
+    def finish(self, request: Request, status: Status = Status.FINISHED, reason: str | None = None) -> None:
+        """Drop a request from the queues and free its blocks; `reason`: "stop", "length" or "abort"."""
+        request.status, request.finish_reason = status, reason
         if request in self.running:
             self.running.remove(request)
         if request in self.waiting:
@@ -84,8 +138,7 @@ class Scheduler:
             self._preempt(victim, step)
             if victim is request:
                 return False
-        self.manager.append(request.request_id, len(tokens), tokens)
-        step.work.append((request, tokens))
+        step.work.append((request, self.manager.append(request.request_id, len(tokens), tokens)))
         return True
 
     def _admit(self, request: Request, budget: int, step: ScheduledStep) -> bool:
@@ -99,10 +152,9 @@ class Scheduler:
             request.num_computed = 0
             return False
         self.waiting.popleft()
-        self.manager.append(request.request_id, len(tokens), tokens)
         request.status = Status.RUNNING
         self.running.append(request)
-        step.work.append((request, tokens))
+        step.work.append((request, self.manager.append(request.request_id, len(tokens), tokens)))
         return True
 
     def _preempt(self, request: Request, step: ScheduledStep) -> None:

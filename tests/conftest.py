@@ -12,9 +12,11 @@ import pytest
 from pagedc.model_file import load_model
 from pagedc.passes.paged import rewrite_to_paged
 from pagedc.testing import DecoderConfig, build_decoder
-from tests.exporters.fixtures import CASES, ExporterUnavailable, exported_model
+from tests.exporters.fixtures import BATCH_ONE, CASES, ExporterUnavailable, exported_model
 
 EXPORTS = list(CASES)   # every (arch, exporter) pair the fixtures build
+# The exports whose graphs take a batch of several sequences (not specialised to batch 1).
+BATCHED_EXPORTS = [(a, e) for a, e in EXPORTS if e not in BATCH_ONE]
 
 # The suite's one tolerance table.
 #

@@ -7,12 +7,13 @@ tests control exactly where every token lands.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from pagedc.dense_runner import DenseRunner  # noqa: F401  (re-exported for the tests)
+from pagedc.verify.dense_runner import DenseRunner  # noqa: F401  (re-exported for the tests)
 from pagedc.runtime.feeds import SequenceStep, step_feeds
 
 
@@ -39,12 +40,9 @@ class PagedRunner:
 
     def step(self, tokens: list[list[int]], steps: list[SequenceStep], **pad) -> np.ndarray:
         """Run one step; tokens[b] are sequence b's new tokens. Returns logits [B, S, V]."""
+        steps = [dataclasses.replace(step, token_ids=tuple(toks)) for step, toks in zip(steps, tokens)]
         feeds = step_feeds(steps, self.block_size, layout=self.layout, **pad)
-        batch, seq_len = feeds["position_ids"].shape
-        ids = np.zeros((batch, seq_len), np.int64)
-        for b, toks in enumerate(tokens):
-            ids[b, : len(toks)] = toks
-        feed = {"input_ids": ids, **{k: v for k, v in feeds.items() if k in self.input_names}, **self.pools}
+        feed = {**{k: v for k, v in feeds.items() if k in self.input_names}, **self.pools}
         names = [o.name for o in self.session.get_outputs()]
         outputs = dict(zip(names, self.session.run(None, feed)))
         for name in self.pools:

@@ -1,5 +1,5 @@
 """Workers for tests/compiler/test_mxr_child.py, in a module of their own: the spawned child imports
-only this (and pagedc.mxr_child), not the test module's imports."""
+only this (and pagedc.mxr.child), not the test module's imports."""
 
 from __future__ import annotations
 

@@ -15,15 +15,15 @@ from pathlib import Path
 
 from pagedc.manifest import Artifact, LayerPools, Manifest
 from pagedc.model_file import load_model
-from pagedc.mxr_check import check_for_migraphx
-from pagedc.mxr_compile import write_lowered
-from pagedc.mxr_lowering import Bucket, lower_paged
-from pagedc.mxr_standard import lower_standard, standard_note, standard_sites
-from pagedc.mxr_weights import WEIGHTS_FILE, weight_tensors, weights_to_inputs, write_weights
+from pagedc.mxr.check import check_for_migraphx
+from pagedc.mxr.compile import write_lowered
+from pagedc.mxr.lowering import Bucket, lower_paged
+from pagedc.mxr.standard import lower_standard, standard_note, standard_sites
+from pagedc.mxr.weights import WEIGHTS_FILE, weight_tensors, weights_to_inputs, write_weights
 from pagedc.passes.paged import rewrite_to_paged
-from pagedc.runtime.bucketed_session import BucketedPagedSession
-from pagedc.runtime.mxr_pools import STEP_POOLS, step_pool_blocks
-from pagedc.runtime.mxr_weights import ProgramWeights
+from pagedc.runtime.sessions.bucketed import BucketedPagedSession
+from pagedc.runtime.sessions.mxr_pools import STEP_POOLS, step_pool_blocks
+from pagedc.runtime.sessions.mxr_weights import ProgramWeights
 from tests.paged_harness import session
 
 

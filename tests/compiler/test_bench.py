@@ -10,13 +10,13 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from pagedc.bench_kind import PAGED_COMBINED, PAGED_SEPARATE, STANDARD, detect, kind_from_inputs
+from pagedc.bench.kind import PAGED_COMBINED, PAGED_SEPARATE, STANDARD, detect, kind_from_inputs
 from pagedc.cli import main
-from pagedc.compile import CompileOptions, compile_model
+from pagedc.build import CompileOptions, compile_model
 from pagedc.errors import BackendError, ManifestError, RequestError
 from pagedc.manifest import Manifest
-from pagedc.mxr_lowering import Bucket
-from pagedc.runtime.migraphx_import import is_migraphx_available
+from pagedc.mxr.lowering import Bucket
+from pagedc.runtime.sessions.migraphx_import import is_migraphx_available
 from pagedc.testing import DecoderConfig, build_decoder
 from tests.compiler.mxr_harness import standard_manifest, static_paged_session
 
@@ -231,5 +231,5 @@ def test_real_exports_paged_and_dense(exported_model_factory, tmp_path, arch, ex
 def test_an_unknown_backend_is_refused(compiled, tmp_path):
     manifest = Manifest.read(compiled("gqa"))
     dataclasses.replace(manifest, backend="tensorrt").write(tmp_path)
-    with pytest.raises(ManifestError, match="backend 'tensorrt' is not one this pagedc runs"):
+    with pytest.raises(ManifestError, match="field 'backend' must be one of onnxruntime, migraphx, got 'tensorrt'"):
         detect(tmp_path)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pagedc.bench_sides import BenchOptions, PagedSide, StaticStandardSide
-from pagedc.bench_timer import measure
-from pagedc.mxr_lowering import Bucket
+from pagedc.bench.sides import BenchOptions, PagedSide, StaticStandardSide
+from pagedc.bench.timer import measure
+from pagedc.mxr.lowering import Bucket
 from tests.compiler.mxr_harness import standard_manifest, static_paged_session
 
 BUCKETS = [Bucket("prefill", 2, 8), Bucket("decode", 2, 1)]

@@ -74,17 +74,22 @@ def test_failed_compile_leaves_nothing_behind(tmp_path, bias_mask_model):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_existing_output_needs_force(tmp_path, dense_model):
+def test_existing_output_needs_force_and_force_replaces_only_compile_outputs(tmp_path, dense_model):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     result = _run("compile", dense_model("decomposed"), "-o", out)
     assert result.exit_code == 1 and "already exists; pass --force" in result.stderr
-    assert (out / "keep.txt").exists()
     result = _run("compile", dense_model("decomposed"), "-o", out, "--target", "onnx", "--force", "--num-blocks", "8")
-    assert result.exit_code == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
-    assert not (out / "keep.txt").exists() and Manifest.read(out).num_blocks == 8
+    assert result.exit_code == 1 and "is not a `pagedc compile` output (no manifest.json) and is not empty" in result.stderr
+    assert (out / "keep.txt").read_text() == "mine"
+    compiled = tmp_path / "compiled"
+    for num_blocks in ("8", "9"):
+        result = _run("compile", dense_model("decomposed"), "-o", compiled, "--target", "onnx", "--force",
+                      "--num-blocks", num_blocks)
+        assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["compiled", "out"]
+    assert Manifest.read(compiled).num_blocks == 9
 
 
 @pytest.mark.parametrize("args,message", [

@@ -7,8 +7,8 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from pagedc.mxr_check import Problem, check_for_migraphx
-from pagedc.mxr_lowering import Bucket, lower_paged
+from pagedc.mxr.check import Problem, check_for_migraphx
+from pagedc.mxr.lowering import Bucket, lower_paged
 from pagedc.passes.paged import rewrite_to_paged
 from pagedc.testing import DecoderConfig, build_decoder
 

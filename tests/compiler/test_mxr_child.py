@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pytest
 
-from pagedc.compile import CompileOptions
+from pagedc.build import CompileOptions
 from pagedc.model_file import load_model
-from pagedc.mxr_child import MxrChildCrash, MxrChildError, run_in_child
-from pagedc.mxr_compile import MxrCompileError, plan_mxr, write_mxr
+from pagedc.mxr.child import MxrChildCrash, MxrChildError, run_in_child
+from pagedc.mxr.compile import MxrCompileError, plan_mxr, write_mxr
 from pagedc.passes.paged import rewrite_to_paged
 from tests.compiler.mxr_child_workers import (aborts_while_compiling, dies_by_segfault, exits_quietly, raises,
                                               returns_specs)

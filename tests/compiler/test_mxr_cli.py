@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from onnx import helper
 
 from pagedc.cli import main
-from pagedc.manifest import Artifact, Manifest
-from pagedc.runtime.migraphx_import import is_migraphx_available
+from pagedc.manifest import Artifact, LayerPools, Manifest
+from pagedc.runtime.sessions.migraphx_import import is_migraphx_available
 from pagedc.testing import DecoderConfig, build_decoder
 
 needs_no_migraphx = pytest.mark.skipif(is_migraphx_available(), reason="MIGraphX is installed: mxr would compile")
@@ -90,10 +90,13 @@ def test_bad_target_and_device_are_usage_errors(tmp_path):
 
 
 def test_manifest_round_trips_the_static_fields(tmp_path):
-    artifact = Artifact("decode_b1.mxr", "decode", {"input_ids": [1, 1]}, {"input_ids": "int64"}, ["logits"])
+    pools = LayerPools(0, ("key_cache.0", "value_cache.0"), ("key_cache_out.0", "value_cache_out.0"))
+    artifact = Artifact("decode_b1.mxr", "decode", {"input_ids": [1, 1], "key_cache.0": [8, 1, 4, 8],
+                                                    "value_cache.0": [8, 1, 4, 8]},
+                        {"input_ids": "int64", "key_cache.0": "float32", "value_cache.0": "float32"}, ["logits"])
     manifest = Manifest(backend="migraphx", target="gpu", source_model="m.onnx", source_sha256="0", num_layers=1,
                         num_heads=1, num_kv_heads=1, head_dim=8, kv_dtype="float32", block_size=4, num_blocks=8,
-                        layout="separate", pools=(), artifacts=(artifact,), max_context=32,
+                        layout="separate", pools=(pools,), artifacts=(artifact,), max_context=32,
                         backend_options={"offload_copy": True, "fp16": False},
                         standard_artifacts=(dataclasses.replace(artifact, path="standard_decode_b1.mxr"),),
                         standard={"kv": "shared_buffer", "max_context": 32})

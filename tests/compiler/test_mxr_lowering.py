@@ -7,8 +7,8 @@ import onnx_ir as ir
 import pytest
 
 from pagedc.model_file import load_model
-from pagedc.mxr_compile import write_lowered
-from pagedc.mxr_lowering import Bucket, LoweringError, buckets_for, lower_paged, lower_static, trim_gqa_inputs
+from pagedc.mxr.compile import write_lowered
+from pagedc.mxr.lowering import Bucket, LoweringError, buckets_for, lower_paged, lower_static, trim_gqa_inputs
 from pagedc.passes.paged import rewrite_to_paged
 from pagedc.testing import DecoderConfig, build_decoder
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pagedc.compile import CompileOptions, compile_model
+from pagedc.build import CompileOptions, compile_model
 from pagedc.manifest import Manifest
 from pagedc.runtime.engine import Engine
-from pagedc.runtime.standard_cache import StandardKVCache
-from pagedc.verify import standard_programs, verify
+from pagedc.runtime.sessions.standard_cache import StandardKVCache
+from pagedc.verify.run import standard_programs, verify
 from tests.paged_harness import DenseRunner
 
 pytest.importorskip("migraphx", reason="MIGraphX (ROCm's Python module) is not installed; nothing to run")

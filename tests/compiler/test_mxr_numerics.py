@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pagedc.mxr_lowering import Bucket
+from pagedc.mxr.lowering import Bucket
 from pagedc.runtime.block_manager import PagedKVCacheManager
 from pagedc.runtime.feeds import SequenceStep, step_feeds
 from tests.compiler.mxr_harness import static_paged_session
@@ -20,13 +20,6 @@ from tests.paged_harness import DenseRunner, blocks_for, shuffled_blocks
 BLOCK_SIZE, NUM_BLOCKS, MAX_CONTEXT = 4, 48, 24
 PROMPTS = [[5, 17, 3, 9, 60], [2, 4, 6, 8, 10, 12, 14, 16], [40, 41]]   # ragged: 5, 8, 2 tokens
 DECODE = [[11, 12, 13], [21, 22, 23], [31, 32, 33]]                   # fed tokens, not sampled
-
-
-def _ids(tokens: list[list[int]], width: int) -> np.ndarray:
-    ids = np.zeros((len(tokens), width), np.int64)
-    for b, row in enumerate(tokens):
-        ids[b, : len(row)] = row
-    return ids
 
 
 @pytest.mark.parametrize("form,layout,step_pools", [
@@ -50,9 +43,8 @@ def test_static_buckets_match_the_dense_model(dense_model, tmp_path, form, layou
     steps = [PROMPTS] + [[d[i : i + 1] for d in DECODE] for i in range(3)]
     done = [0, 0, 0]
     for tokens in steps:
-        seqs = [SequenceStep(k, list(range(n, n + len(t))), v) for k, v, n, t in zip(keys, values, done, tokens)]
+        seqs = [SequenceStep(k, list(range(n, n + len(t))), v, tuple(t)) for k, v, n, t in zip(keys, values, done, tokens)]
         feeds = step_feeds(seqs, BLOCK_SIZE, layout=layout)          # tight [3, S], MB = longest table
-        feeds["input_ids"] = _ids(tokens, feeds["position_ids"].shape[1])
         logits = paged.run(feeds)
         assert logits.shape[:2] == feeds["position_ids"].shape
         assert paged.last_artifact.phase == ("prefill" if tokens is PROMPTS else "decode")
@@ -66,23 +58,18 @@ def test_static_buckets_match_the_dense_model(dense_model, tmp_path, form, layou
 
 
 def test_manager_steps_pick_the_smallest_bucket_and_match(dense_model, tmp_path):
-    """Feeds straight from PagedKVCacheManager.step_inputs; two batch sizes of buckets."""
+    """Feeds straight from PagedKVCacheManager.append + step_feeds; two batch sizes of buckets."""
     dense = dense_model("gqa")
     buckets = [Bucket("prefill", 2, 8), Bucket("prefill", 4, 8), Bucket("decode", 2, 1), Bucket("decode", 4, 1)]
     paged = static_paged_session(dense, tmp_path, buckets, layout="separate", block_size=BLOCK_SIZE,
                                  num_blocks=NUM_BLOCKS, max_context=MAX_CONTEXT)
     manager = PagedKVCacheManager(NUM_BLOCKS, BLOCK_SIZE)
     prompts, picked, got = PROMPTS[:2], [], [[], []]
-    for seq_id, prompt in enumerate(prompts):
+    for seq_id in range(len(prompts)):
         manager.add(seq_id)
-        manager.append(seq_id, len(prompt))
     steps = [prompts] + [[d[i : i + 1] for d in DECODE[:2]] for i in range(3)]
-    for i, tokens in enumerate(steps):
-        if i:
-            for seq_id in (0, 1):
-                manager.append(seq_id, 1)
-        feeds = manager.step_inputs([0, 1])
-        feeds["input_ids"] = _ids(tokens, feeds["position_ids"].shape[1])
+    for tokens in steps:
+        feeds = step_feeds([manager.append(seq_id, len(row), row) for seq_id, row in enumerate(tokens)], BLOCK_SIZE)
         logits = paged.run(feeds)
         picked.append(paged.last_artifact.path)
         for b, row in enumerate(tokens):

@@ -7,9 +7,9 @@ import onnx_ir as ir
 import pytest
 
 from pagedc.model_file import load_model
-from pagedc.mxr_lowering import Bucket, LoweringError
-from pagedc.mxr_standard import lower_standard, standard_sites
-from pagedc.runtime.standard_cache import StandardKVCache
+from pagedc.mxr.lowering import Bucket, LoweringError
+from pagedc.mxr.standard import lower_standard, standard_sites
+from pagedc.runtime.sessions.standard_cache import StandardKVCache
 from tests.compiler.mxr_harness import standard_manifest
 from tests.conftest import PAGED_ATOL
 from tests.paged_harness import DenseRunner

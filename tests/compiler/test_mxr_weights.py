@@ -10,11 +10,11 @@ import pytest
 
 from pagedc.manifest import Artifact
 from pagedc.model_file import load_model
-from pagedc.mxr_lowering import Bucket, lower_paged
-from pagedc.mxr_weights import ALIGN, MIN_WEIGHT_ELEMENTS, weight_tensors, weights_to_inputs, write_weights
+from pagedc.mxr.lowering import Bucket, lower_paged
+from pagedc.mxr.weights import ALIGN, MIN_WEIGHT_ELEMENTS, weight_tensors, weights_to_inputs, write_weights
 from pagedc.passes.paged import rewrite_to_paged
-from pagedc.runtime.mxr_program import parameter_problems
-from pagedc.runtime.mxr_weights import ProgramWeights, WeightsError
+from pagedc.runtime.sessions.mxr_program import parameter_problems
+from pagedc.runtime.sessions.mxr_weights import ProgramWeights, WeightsError
 
 
 def _lowered(dense_model, buckets):
@@ -81,8 +81,8 @@ def test_a_weight_name_holding_another_tensor_stays_embedded():
                                                           ("gpu", True, False), ("gpu", False, True)])
 def test_weights_are_shared_except_where_offload_copy_would_upload_them_every_step(dense_model, device,
                                                                                  offload_copy, is_shared):
-    from pagedc.compile import CompileOptions
-    from pagedc.mxr_compile import plan_mxr
+    from pagedc.build import CompileOptions
+    from pagedc.mxr.compile import plan_mxr
     source = dense_model("gqa")
     model, _ = rewrite_to_paged(load_model(source), block_size=4)
     options = CompileOptions(target="mxr", device=device, offload_copy=offload_copy, block_size=4, num_blocks=32,
@@ -95,7 +95,7 @@ def test_weights_are_shared_except_where_offload_copy_would_upload_them_every_st
 
 
 def test_fp16_weights_are_half_inputs_cast_to_float_and_compute_the_same(dense_model, tmp_path):
-    from pagedc.mxr_compile import write_lowered
+    from pagedc.mxr.compile import write_lowered
     from pagedc.runtime.feeds import SequenceStep, step_feeds
     from tests.paged_harness import session
     model, [full, half] = _lowered(dense_model, [Bucket("prefill", 1, 8), Bucket("prefill", 1, 8)])

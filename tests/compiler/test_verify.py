@@ -9,9 +9,10 @@ import pytest
 from click.testing import CliRunner
 
 from pagedc.cli import main
-from pagedc.compile import CompileOptions, compile_model
-from pagedc.runtime import PagedKVCacheManager
+from pagedc.build import CompileOptions, compile_model
+from pagedc.runtime import step_feeds
 from tests.conftest import EXPORTS
+from tests.exporters.fixtures import BATCH_ONE
 
 
 def _run(*args):
@@ -51,14 +52,14 @@ def test_verify_json_report(compiled):
 def test_verify_catches_two_swapped_blocks(compiled, monkeypatch):
     """A planted bug: the block table lists a sequence's first two blocks in the wrong order."""
     paged, dense = compiled("decomposed")
-    step_inputs = PagedKVCacheManager.step_inputs
+    import pagedc.verify.run as verify_run
 
-    def swapped(self, seq_ids, **kw):
-        feeds = step_inputs(self, seq_ids, **kw)
+    def swapped(steps, *args, **kw):
+        feeds = step_feeds(steps, *args, **kw)
         feeds["block_table"][0, [0, 1]] = feeds["block_table"][0, [1, 0]]
         return feeds
 
-    monkeypatch.setattr(PagedKVCacheManager, "step_inputs", swapped)
+    monkeypatch.setattr(verify_run, "step_feeds", swapped)
     result = _run("verify", paged, dense, "--decode-steps", "3")
     assert result.exit_code == 1
     assert result.stdout.strip().splitlines()[-1].startswith("FAIL at tier medium")
@@ -68,7 +69,8 @@ def test_verify_catches_two_swapped_blocks(compiled, monkeypatch):
 def test_verify_passes_on_real_exports(exported_model_factory, tmp_path, arch, exporter):
     dense = exported_model_factory(arch, exporter)
     compile_model(dense, tmp_path / "paged", CompileOptions(block_size=8, num_blocks=64))
-    result = _run("verify", tmp_path / "paged", dense, "--batch", "3", "--decode-steps", "8")
+    batch = "1" if exporter in BATCH_ONE else "3"   # a batch-1 export verifies one sequence at a time
+    result = _run("verify", tmp_path / "paged", dense, "--batch", batch, "--decode-steps", "8")
     assert result.exit_code == 0, result.output
     assert "PASS at tier medium" in result.stdout
 
@@ -86,7 +88,7 @@ def test_standard_side_must_be_a_dense_model(compiled, tmp_path):
 
 
 def test_seeded_prompts_are_ragged_and_reproducible():
-    from pagedc.verify import seeded_prompts
+    from pagedc.verify.run import seeded_prompts
 
     first = seeded_prompts(4, 16, 97, seed=1)
     assert [len(p) for p in first] == [16, 14, 12, 10] and first == seeded_prompts(4, 16, 97, seed=1)
@@ -106,8 +108,8 @@ def test_fp16_models_verify_at_the_loose_tier(tmp_path, dense_model, form):
 
 def test_static_standard_artifacts_give_the_dense_logits(dense_model, tmp_path):
     """The --emit-standard side of verify (static KV buffers), run by ONNX Runtime over the lowered graphs."""
-    from pagedc.mxr_lowering import Bucket
-    from pagedc.verify import _run_standard, standard_stepper, static_standard_stepper
+    from pagedc.mxr.lowering import Bucket
+    from pagedc.verify.run import _run_standard, standard_stepper, static_standard_stepper
     from tests.compiler.mxr_harness import standard_manifest
 
     for form in ("decomposed", "gqa"):

@@ -19,7 +19,13 @@ Padding side follows what the graph can express:
 - position_ids input (optimum, dynamo): left padding with
   position_ids = cumsum(attention_mask) - 1, as HF generate() does.
 Inputs are fed by name, so their order does not matter (optimum's gpt2 graph
-lists past_key_values.* before attention_mask and position_ids).
+lists past_key_values.* before attention_mask and position_ids).  KV names:
+past_key_values.{i}.key|value -> present.{i}.* (optimum, genai, dynamo) or
+input.cache.layers.{i}.keys|values -> output.cache.layers.{i}.* (transformers'
+OnnxExporter, which also takes a scalar input.cache.layers.{i}._sliding_window_tensor
+on sliding-window models: fed config.sliding_window).  A graph whose batch is
+specialised to 1 (OnnxExporter's ORT-fused batch-1 export, no attention_mask)
+runs each prompt alone ("padding": "none").
 
 Arch differences handled here: gpt2 has no num_key_value_heads/head_dim in its
 config (MHA: KV heads = heads, head_dim = hidden / heads, see kv_dims) and no
@@ -97,16 +103,25 @@ def kv_dims(config) -> tuple:
     return kv_heads, head_dim
 
 
+KV_PREFIXES = {"past_key_values.": "present.", "input.cache.layers.": "output.cache.layers."}  # past -> present
+
+
 def kv_names(session):
-    """(past input, present output) name pairs, matched by their shared suffix."""
+    """(past input, present output) name pairs of the KV tensors, matched by their shared suffix."""
     outs = {o.name for o in session.get_outputs()}
     pairs = []
     for i in session.get_inputs():
-        if i.name.startswith("past_key_values."):
-            present = "present." + i.name[len("past_key_values.") :]
-            assert present in outs, (i.name, sorted(outs))
-            pairs.append((i.name, present))
+        for past, present in KV_PREFIXES.items():
+            if i.name.startswith(past) and i.name.endswith(("key", "value", "keys", "values")):
+                assert present + i.name[len(past) :] in outs, (i.name, sorted(outs))
+                pairs.append((i.name, present + i.name[len(past) :]))
     return pairs
+
+
+def state_feeds(session, config) -> dict:
+    """Scalar cache state transformers' exports carry (_sliding_window_tensor), as its cache holds it."""
+    window = getattr(config, "sliding_window", None) or 0
+    return {i.name: np.array(window, np.int64) for i in session.get_inputs() if i.name.endswith("_sliding_window_tensor")}
 
 
 class OnnxDecoder:
@@ -116,12 +131,17 @@ class OnnxDecoder:
         self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         self.input_names = {i.name for i in self.session.get_inputs()}
         self.padding = "left" if "position_ids" in self.input_names else "right"
+        if "attention_mask" not in self.input_names:
+            self.padding = "none"  # batch specialised to 1: one unpadded prompt per run
         self.kv = kv_names(self.session)
+        self.state = state_feeds(self.session, config)
         self.kv_heads, self.head_dim = kv_dims(config)
 
     def run(self, ids, mask, positions, past):
         """One session run; returns logits and the present.* arrays by past name."""
-        feeds = {"input_ids": ids, "attention_mask": mask, **past}
+        feeds = {"input_ids": ids, **past, **self.state}
+        if "attention_mask" in self.input_names:
+            feeds["attention_mask"] = mask
         if "position_ids" in self.input_names:
             feeds["position_ids"] = positions
         missing = self.input_names - set(feeds)
@@ -136,7 +156,7 @@ class OnnxDecoder:
         ids = np.full((b, width), PAD_ID, np.int64)
         mask = np.zeros((b, width), np.int64)
         for r, p in enumerate(prompts):
-            cols = slice(0, len(p)) if self.padding == "right" else slice(width - len(p), width)
+            cols = slice(0, len(p)) if self.padding != "left" else slice(width - len(p), width)
             ids[r, cols], mask[r, cols] = p, 1
         positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
         empty = np.zeros((b, self.kv_heads, 0, self.head_dim), np.float32)  # no past yet
@@ -144,7 +164,7 @@ class OnnxDecoder:
         self.prefill_past_len = empty.shape[2]
         logits, self.past = self.run(ids, mask, positions, past)
         self.mask, self.lens = mask, np.array(lens)
-        if self.padding == "right":
+        if self.padding != "left":
             return [logits[r, :n] for r, n in enumerate(lens)]
         return [logits[r, width - n :] for r, n in enumerate(lens)]
 
@@ -152,7 +172,7 @@ class OnnxDecoder:
         """One decode step of one token per row; returns logits [B, V]."""
         self.lens = self.lens + 1
         total = self.mask.shape[1] + 1
-        if self.padding == "right":  # only the count of ones matters (seqlens_k)
+        if self.padding != "left":  # only the count of ones matters (seqlens_k)
             self.mask = (np.arange(total)[None, :] < self.lens[:, None]).astype(np.int64)
         else:
             self.mask = np.concatenate([self.mask, np.ones((len(tokens), 1), np.int64)], axis=1)
@@ -168,15 +188,16 @@ def compare(hf_dir: pathlib.Path, onnx_path: pathlib.Path) -> dict:
     prompts, steps = make_tokens(model.config.vocab_size)
     ref = torch_reference(model, prompts, steps)
     dec = OnnxDecoder(onnx_path, model.config)
-    got = dec.prefill(prompts)
-    prefill_diff = max(float(np.abs(g - r[: len(g)]).max()) for g, r in zip(got, ref, strict=True))
-    decode_diffs = []
-    for t in range(DECODE_STEPS):
-        logits = dec.decode([s[t] for s in steps])
-        rows = np.stack([r[len(p) + t] for r, p in zip(ref, prompts, strict=True)])
-        decode_diffs.append(float(np.abs(logits - rows).max()))
+    if dec.padding == "none":  # batch fixed to 1: each prompt alone, the per-step diffs maxed over prompts
+        decoders = [OnnxDecoder(onnx_path, model.config) for _ in prompts]
+        runs = [run_batch(d, [p], [s], [r]) for d, p, s, r in zip(decoders, prompts, steps, ref, strict=True)]
+        dec = decoders[-1]  # for the figures below (past length, present shapes)
+        prefill_diff = max(r[0] for r in runs)
+        decode_diffs = [max(r[1][t] for r in runs) for t in range(DECODE_STEPS)]
+    else:
+        prefill_diff, decode_diffs = run_batch(dec, prompts, steps, ref)
     return {
-        "batch": len(prompts),
+        "batch": 1 if dec.padding == "none" else len(prompts),
         "prompt_lens": PROMPT_LENS,
         "padding": dec.padding,
         "prefill_past_len": dec.prefill_past_len,
@@ -189,6 +210,18 @@ def compare(hf_dir: pathlib.Path, onnx_path: pathlib.Path) -> dict:
         "present_shapes_after_decode": {q: list(dec.past[p].shape) for p, q in dec.kv},
         "rope_theta": measured_rope_theta(model),
     }
+
+
+def run_batch(dec: OnnxDecoder, prompts, steps, ref) -> tuple[float, list[float]]:
+    """Prefill `prompts` as one batch, then DECODE_STEPS teacher-forced steps; max abs diffs vs `ref`."""
+    got = dec.prefill(prompts)
+    prefill_diff = max(float(np.abs(g - r[: len(g)]).max()) for g, r in zip(got, ref, strict=True))
+    decode_diffs = []
+    for t in range(DECODE_STEPS):
+        logits = dec.decode([s[t] for s in steps])
+        rows = np.stack([r[len(p) + t] for r, p in zip(ref, prompts, strict=True)])
+        decode_diffs.append(float(np.abs(logits - rows).max()))
+    return prefill_diff, decode_diffs
 
 
 def measured_rope_theta(model) -> float | None:

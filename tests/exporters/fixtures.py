@@ -2,21 +2,30 @@
 
 pagedc's passes must be tested on graphs pagedc did not write.  This module
 builds them on first use, from the main test venv (no torch/transformers
-there): three exporters in two venvs (VENVS), because onnxruntime-genai's
-builder needs transformers 5.x and optimum-onnx pins transformers < 4.58:
+there): four exporters in three venvs (VENVS), because onnxruntime-genai's
+builder needs transformers 5.x, optimum-onnx pins transformers < 4.58 and
+transformers' own exporter with ORT fusions needs transformers >= 5.23:
 - genai: onnxruntime-genai's model builder (GroupQueryAttention graphs);
 - optimum: optimum-onnx's TorchScript export (plain ONNX, decomposed attention);
 - dynamo: torch.onnx.export(dynamo=True) of a wrapper module (export_dynamo.py),
   run in the genai venv (transformers 5 + onnxscript): plain ONNX from
-  torch.export, constants folded, SDPA decomposed.
+  torch.export, constants folded, SDPA decomposed;
+- transformers, transformers-ort, transformers-b1: transformers' own
+  `OnnxExporter().export_for_generation(..., multi_token_decode=True)`
+  (export_transformers.py) plain, with ORT's CPU fusions at a dynamic batch
+  (RotaryEmbedding + decomposed attention), and with the batch specialised to 1
+  (GroupQueryAttention with the causal mask as attention_bias); the fixture is
+  its decode.onnx (MODEL_FILES), the graph that also serves prefill.
 
-    exported_model(arch, exporter) -> .../model.onnx, for (arch, exporter) in CASES
+    exported_model(arch, exporter) -> .../model.onnx (or decode.onnx), for (arch, exporter) in CASES
     export_check(arch, exporter) -> the figures of check_export.py (check.json)
 
 Archs (make_hf_model.py): llama, qwen2 (separate q/k/v, rotary, GQA), gpt2
 (learned positions, fused c_attn Conv1D QKV with bias, MHA, LayerNorm, GELU)
-and phi3 (fused qkv_proj and gate_up_proj, rotary, GQA).  Not every exporter
-takes every arch: ARCH_EXPORTERS lists the supported ones, CASES all pairs.
+and phi3 (fused qkv_proj and gate_up_proj, rotary, GQA) for the first three
+exporters; llama, qwen3 (q/k norm) and mistral (sliding window) for
+transformers' exporter (EXPORTER_ARCHS: keeps the cold build to a few
+minutes).  ARCH_EXPORTERS lists the exporters of each arch, CASES all pairs.
 onnxruntime-genai's builder has no GPT-2 (UNSUPPORTED says why); asking for an
 unsupported pair is a ValueError (a static fact, not a skip), whereas
 ExporterUnavailable still means "could not be installed or run here".
@@ -27,7 +36,10 @@ Input names are kept as each exporter emits them (past_key_values.{i}.key|value
   layer's past value (no position_ids; head dim symbolic "kv_cache_dim");
 - optimum: input_ids, attention_mask, position_ids, past_key_values.*, except
   gpt2: input_ids, past_key_values.*, attention_mask, position_ids;
-- dynamo: input_ids, attention_mask, position_ids, past_key_values.*.
+- dynamo: input_ids, attention_mask, position_ids, past_key_values.*;
+- transformers*: input_ids, attention_mask (not in -b1), position_ids,
+  input.cache.layers.{i}.keys|values -> output.cache.layers.{i}.* (static dims as
+  numeral dim_params, "2"), plus _sliding_window_tensor scalars on mistral.
 
 Build steps, all by subprocess with HF_HUB_OFFLINE=1:
 1. venv per VENVS entry: `python -m venv`, `pip install torch==2.13.0` (first, so
@@ -62,8 +74,16 @@ import tempfile
 import time
 
 HERE = pathlib.Path(__file__).resolve().parent
-ARCHS = ("llama", "qwen2", "gpt2", "phi3")
-EXPORTERS = ("genai", "optimum", "dynamo")
+ARCHS = ("llama", "qwen2", "gpt2", "phi3", "qwen3", "mistral")
+TRANSFORMERS_EXPORTERS = ("transformers", "transformers-ort", "transformers-b1")
+EXPORTERS = ("genai", "optimum", "dynamo", *TRANSFORMERS_EXPORTERS)
+# The archs each exporter is built for (a choice to bound build time, not a limitation).
+EXPORTER_ARCHS = {
+    **{e: ("llama", "qwen2", "gpt2", "phi3") for e in ("genai", "optimum", "dynamo")},
+    **{e: ("llama", "qwen3", "mistral") for e in TRANSFORMERS_EXPORTERS},
+}
+MODEL_FILES = {e: "decode.onnx" for e in TRANSFORMERS_EXPORTERS}  # the fixture's graph; default model.onnx
+BATCH_ONE = ("transformers-b1",)  # exports whose batch torch.export specialised to 1
 # Combinations no exporter release here can make; everything else is expected to work.
 UNSUPPORTED = {
     # onnxruntime-genai 0.18.0's builder dispatches on config.architectures and has
@@ -71,12 +91,15 @@ UNSUPPORTED = {
     # model is not currently supported.").
     ("gpt2", "genai"): "onnxruntime-genai's model builder does not support GPT-2 (GPT2LMHeadModel)",
 }
-ARCH_EXPORTERS = {a: tuple(e for e in EXPORTERS if (a, e) not in UNSUPPORTED) for a in ARCHS}
+ARCH_EXPORTERS = {
+    a: tuple(e for e in EXPORTERS if a in EXPORTER_ARCHS[e] and (a, e) not in UNSUPPORTED) for a in ARCHS
+}
 CASES = tuple((a, e) for a in ARCHS for e in ARCH_EXPORTERS[a])  # every buildable (arch, exporter)
-VENVS = {"genai": "genai", "optimum": "optimum", "dynamo": "genai"}  # exporter -> requirements-<venv>.txt
+VENVS = {"genai": "genai", "optimum": "optimum", "dynamo": "genai",
+         **{e: "transformers" for e in TRANSFORMERS_EXPORTERS}}  # exporter -> requirements-<venv>.txt
 HF_ENV = "genai"  # the venv that makes the HF models (transformers 5 writes rope_parameters)
 TORCH_PIN = "torch==2.13.0"
-SCRIPTS = ("make_hf_model.py", "check_export.py", "export_dynamo.py")
+SCRIPTS = ("make_hf_model.py", "check_export.py", "export_dynamo.py", "export_transformers.py")
 
 # Exporter command lines, run with the exporter venv's python (cwd: this directory).
 EXPORT_COMMANDS = {
@@ -89,6 +112,8 @@ EXPORT_COMMANDS = {
         "-m", "{hf}", "--task", "text-generation-with-past", "{out}",
     ],
     "dynamo": ["export_dynamo.py", "--hf", "{hf}", "--out", "{out}"],
+    **{e: ["export_transformers.py", "--hf", "{hf}", "--out", "{out}", "--variant", e.partition("-")[2] or "plain"]
+       for e in TRANSFORMERS_EXPORTERS},
 }  # fmt: skip
 
 _failed: dict = {}  # venv -> ExporterUnavailable, so one pytest run tries once
@@ -233,7 +258,7 @@ def ensure_hf_model(root: pathlib.Path, arch: str) -> pathlib.Path:
 
 def check_or_fail(py: pathlib.Path, hf: pathlib.Path, out: pathlib.Path, exporter: str, log_path) -> None:
     """Run check_export.py; any failure here is a real failure, never a skip."""
-    cmd = [py, HERE / "check_export.py", "--hf", hf, "--onnx", out / "model.onnx", "--exporter", exporter]
+    cmd = [py, HERE / "check_export.py", "--hf", hf, "--onnx", out / model_file(exporter), "--exporter", exporter]
     log(f"[{hf.name[3:]}] check {exporter} logits vs torch ...")
     if run(cmd, log_path).returncode == 0:
         return
@@ -255,20 +280,22 @@ def build_export(root: pathlib.Path, arch: str, exporter: str, final: pathlib.Pa
     with staging(root, final) as out:
         args = [a.format(hf=hf, out=out, cache=out.parent / "hf-cache") for a in EXPORT_COMMANDS[exporter]]
         run_or_unavailable([py, *args], log_path, f"[{arch}] export with {exporter}")
-        if not (out / "model.onnx").exists():
-            raise ExporterUnavailable(f"{exporter} wrote no model.onnx in {out}\n{tail(log_path)}")
+        if not (out / model_file(exporter)).exists():
+            raise ExporterUnavailable(f"{exporter} wrote no {model_file(exporter)} in {out}\n{tail(log_path)}")
         check_or_fail(py, hf, out, exporter, log_path)
     log(f"built {arch}/{exporter} in {time.monotonic() - t0:.1f}s")
 
 
 def exported_model(arch: str, exporter: str) -> pathlib.Path:
-    """Path of the checked model.onnx of arch exported by exporter (built on first use)."""
+    """Path of the checked model.onnx (decode.onnx) of arch exported by exporter (built on first use)."""
     if arch not in ARCHS or exporter not in EXPORTERS:
         raise ValueError(f"arch must be in {ARCHS} and exporter in {EXPORTERS}, got {arch!r}, {exporter!r}")
     if (arch, exporter) in UNSUPPORTED:
         raise ValueError(f"no {exporter} export of {arch}: {UNSUPPORTED[arch, exporter]}; see ARCH_EXPORTERS")
+    if arch not in EXPORTER_ARCHS[exporter]:
+        raise ValueError(f"the fixtures build {exporter} only for {EXPORTER_ARCHS[exporter]}, not {arch!r}")
     root = cache_dir()
-    model = root / f"{arch}-{exporter}" / "model.onnx"
+    model = root / f"{arch}-{exporter}" / model_file(exporter)
     if not root.exists():
         prune_stale_keys(root)
     if not model.exists():
@@ -276,6 +303,10 @@ def exported_model(arch: str, exporter: str) -> pathlib.Path:
             if not model.exists():  # another process may have built it meanwhile
                 build_export(root, arch, exporter, model.parent)
     return model
+
+
+def model_file(exporter: str) -> str:
+    return MODEL_FILES.get(exporter, "model.onnx")
 
 
 def prune_stale_keys(root: pathlib.Path) -> None:

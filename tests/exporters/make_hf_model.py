@@ -2,7 +2,7 @@
 
 Run inside an exporter venv (needs torch, transformers, tokenizers):
 
-    python make_hf_model.py --arch llama|qwen2|gpt2|phi3 --out DIR
+    python make_hf_model.py --arch llama|qwen2|gpt2|phi3|qwen3|mistral --out DIR
 
 The saved directory is the single source all exporters read, so the fixtures
 of one architecture share the same weights.  Works offline: the tokenizer is
@@ -17,7 +17,12 @@ The archs (all 128 wide, 2 layers, 4 heads of 32, vocab 1000, 256 positions):
 - phi3: fused qkv_proj (no bias) producing [q | k | v] with GQA (4 query,
   2 KV heads), fused gate_up_proj, rotary (theta 5e4), RMSNorm;
   original_max_position_embeddings == max_position_embeddings, so no LongRoPE
-  (and onnxruntime-genai's builder picks its plain Phi3MiniModel).
+  (and onnxruntime-genai's builder picks its plain Phi3MiniModel);
+- qwen3: llama's layout plus per-head RMSNorm of q and k (q_norm, k_norm)
+  between the projections and rotary, no q/k/v biases;
+- mistral: llama's layout with a sliding window of SLIDING_WINDOW keys on
+  every layer (shorter than the fixtures' prompts + decode steps, so the
+  window really drops keys).
 """
 
 import argparse
@@ -57,8 +62,9 @@ DIMS = dict(
 )
 
 
-ARCHS = ("llama", "qwen2", "gpt2", "phi3")
-ROPE_ARCHS = ("llama", "qwen2", "phi3")
+ARCHS = ("llama", "qwen2", "gpt2", "phi3", "qwen3", "mistral")
+ROPE_ARCHS = ("llama", "qwen2", "phi3", "qwen3", "mistral")
+SLIDING_WINDOW = 5  # mistral: each query sees itself and the 4 keys before it
 
 
 def make_config(arch: str):
@@ -68,6 +74,10 @@ def make_config(arch: str):
         return transformers.LlamaConfig(**DIMS, rope_parameters=rope)
     if arch == "qwen2":
         return transformers.Qwen2Config(**DIMS, rope_parameters=rope, use_sliding_window=False)
+    if arch == "qwen3":
+        return transformers.Qwen3Config(**DIMS, rope_parameters=rope, use_sliding_window=False, attention_bias=False)
+    if arch == "mistral":
+        return transformers.MistralConfig(**DIMS, rope_parameters=rope, sliding_window=SLIDING_WINDOW)
     if arch == "phi3":
         # Phi3Config has no head_dim field: head_dim = hidden_size / num_attention_heads = 32.
         dims = {k: v for k, v in DIMS.items() if k != "head_dim"}

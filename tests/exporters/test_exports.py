@@ -16,9 +16,25 @@ from .fixtures import ARCH_EXPORTERS, ARCHS, CASES, export_check
 
 # The tiny models make_hf_model.py builds.
 VOCAB, LAYERS, HIDDEN, HEADS, HEAD_DIM, MAX_POSITIONS = 1000, 2, 128, 4, 32, 256
-KV_HEADS = {"llama": 2, "qwen2": 2, "phi3": 2, "gpt2": 4}  # gpt2 is MHA
-ROPE_THETA = {"llama": 5e4, "qwen2": 5e4, "phi3": 5e4, "gpt2": None}  # gpt2: learned positions, no rotary
-GENAI_ARCHS = [a for a in ARCHS if "genai" in ARCH_EXPORTERS[a]]
+KV_HEADS = {"llama": 2, "qwen2": 2, "phi3": 2, "gpt2": 4, "qwen3": 2, "mistral": 2}  # gpt2 is MHA
+ROPE_THETA = {a: 5e4 for a in KV_HEADS} | {"gpt2": None}  # gpt2: learned positions, no rotary
+SLIDING_WINDOW = {"mistral": 5}  # make_hf_model.SLIDING_WINDOW
+KV_PREFIXES = {"past_key_values.": "present.", "input.cache.layers.": "output.cache.layers."}  # past -> present
+
+
+def archs_of(exporter):
+    return [a for a in ARCHS if exporter in ARCH_EXPORTERS[a]]
+
+
+GENAI_ARCHS = archs_of("genai")
+
+
+def present_to_past(name):
+    """present.0.key -> past_key_values.0.key, output.cache.layers.0.keys -> input.cache.layers.0.keys; else None."""
+    for past, present in KV_PREFIXES.items():
+        if name.startswith(present):
+            return past + name[len(present) :]
+    return None
 
 
 def run_step(session, ids, past, past_len):
@@ -30,24 +46,34 @@ def run_step(session, ids, past, past_len):
         "position_ids": np.tile(np.arange(past_len, past_len + s, dtype=np.int64), (b, 1)),
         **past,
     }
+    for i in session.get_inputs():  # transformers' sliding-window cache state, passed through
+        if i.name.endswith("_sliding_window_tensor"):
+            feeds[i.name] = np.array(5, np.int64)
     wanted = {i.name for i in session.get_inputs()}
     assert wanted <= set(feeds), sorted(wanted - set(feeds))
     names = [o.name for o in session.get_outputs()]
     outs = dict(zip(names, session.run(None, {k: v for k, v in feeds.items() if k in wanted}), strict=True))
-    return outs["logits"], {k: v for k, v in outs.items() if k.startswith("present.")}
+    return outs["logits"], {k: v for k, v in outs.items() if present_to_past(k) and v.ndim == 4}
 
 
 def prefill_and_decode(path, arch, ids, next_ids):
-    """Prefill ids [B, S], then one decode step with next_ids [B, 1]; returns both results."""
+    """Prefill ids [B, S], then one decode step with next_ids [B, 1]; returns both results.
+
+    A graph whose batch is specialised to 1 (transformers-b1) runs the rows one at a time, stacked."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    if session.get_inputs()[0].shape[0] == 1 and ids.shape[0] > 1:
+        rows = [prefill_and_decode(path, arch, ids[r : r + 1], next_ids[r : r + 1]) for r in range(ids.shape[0])]
+        stack = lambda step: (np.concatenate([r[step][0] for r in rows]),  # noqa: E731
+                              {k: np.concatenate([r[step][1][k] for r in rows]) for k in rows[0][step][1]})
+        return stack(0), stack(1)
     b = ids.shape[0]
     past = {
         i.name: np.zeros((b, KV_HEADS[arch], 0, HEAD_DIM), np.float32)
         for i in session.get_inputs()
-        if i.name.startswith("past_key_values.")
+        if any(i.name.startswith(p) for p in KV_PREFIXES) and len(i.shape) == 4
     }
     logits, present = run_step(session, ids, past, 0)
-    fed = {"past_key_values." + k[len("present.") :]: v for k, v in present.items()}
+    fed = {present_to_past(k): v for k, v in present.items()}
     logits2, present2 = run_step(session, next_ids, fed, ids.shape[1])
     return (logits, present), (logits2, present2)
 
@@ -58,7 +84,8 @@ def test_export_checked_against_torch(exported_model_factory, arch, exporter):
     check = export_check(arch, exporter)
     assert check["ok"] and check["max_abs_diff"] < 1e-4, check
     assert check["decode_steps"] >= 3 and len(check["decode_max_abs_diff"]) >= 3
-    assert check["batch"] == 2 and len(set(check["prompt_lens"])) == 2  # padded prefill
+    # padded prefill; a batch-1 export runs the two prompts alone
+    assert check["batch"] == (1 if exporter == "transformers-b1" else 2) and len(set(check["prompt_lens"])) == 2
     # The exporter's transformers read the non-default theta (gpt2: no rotary at all).
     assert check["rope_theta"] == ROPE_THETA[arch]
 
@@ -106,7 +133,7 @@ def test_genai_uses_group_query_attention(exported_model_factory, arch):
         assert node.output[1:3] == [f"present.{i}.key", f"present.{i}.value"]
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", archs_of("optimum"))
 def test_optimum_concats_past(exported_model_factory, arch):
     graph = onnx.load(str(exported_model_factory(arch, "optimum"))).graph
     assert "position_ids" in {i.name for i in graph.input}
@@ -126,7 +153,7 @@ def dims(value):
     return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", archs_of("dynamo"))
 def test_dynamo_io_and_concats_past(exported_model_factory, arch):
     model = onnx.load(str(exported_model_factory(arch, "dynamo")))
     graph = model.graph
@@ -214,3 +241,24 @@ def test_gpt2_learned_positions(exported_model_factory, exporter):
     wpe = [n for n in graph.node if n.op_type == "Gather" and shapes.get(n.input[0]) == [MAX_POSITIONS, HIDDEN]]
     assert len(wpe) == 1 and wpe[0].input[1] == "position_ids"
     assert sum(n.op_type == "LayerNormalization" for n in graph.node) == 2 * LAYERS + 1  # ln_1, ln_2, ln_f
+
+
+@pytest.mark.parametrize("arch,exporter", [(a, e) for a, e in CASES if e.startswith("transformers")])
+def test_transformers_exporter_io(exported_model_factory, arch, exporter):
+    """transformers' OnnxExporter: input.cache.layers.{i}.keys|values with the static KV heads and head dim
+    written as numeral dim_params; -b1 specialises the batch to 1, drops attention_mask and fuses attention
+    into GroupQueryAttention with an attention_bias; mistral carries _sliding_window_tensor scalars."""
+    graph = onnx.load(str(exported_model_factory(arch, exporter)), load_external_data=False).graph
+    inputs = {i.name: dims(i) for i in graph.input}
+    for i in range(LAYERS):
+        for t in ("keys", "values"):
+            shape = inputs[f"input.cache.layers.{i}.{t}"]
+            assert shape[1:4:2] == [str(KV_HEADS[arch]), str(HEAD_DIM)], shape
+            assert f"output.cache.layers.{i}.{t}" in {o.name for o in graph.output}
+        assert (f"input.cache.layers.{i}._sliding_window_tensor" in inputs) == (arch in SLIDING_WINDOW)
+    assert ("attention_mask" in inputs) == (exporter != "transformers-b1")
+    gqa = [n for n in graph.node if n.op_type == "GroupQueryAttention"]
+    if exporter == "transformers-b1":
+        assert inputs["input_ids"][0] == 1 and len(gqa) == LAYERS and all(len(n.input) >= 11 and n.input[10] for n in gqa)
+    else:
+        assert not gqa and sum(n.op_type == "Softmax" for n in graph.node) == LAYERS

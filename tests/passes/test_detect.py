@@ -8,6 +8,7 @@ from onnx import TensorProto, helper
 
 from pagedc.model_file import load_model
 from pagedc.passes.detect import find_attention_sites
+from pagedc.passes.site import Mask
 
 
 @pytest.mark.parametrize("form", ["decomposed", "gqa", "attention"])
@@ -21,7 +22,7 @@ def test_every_layer_found_with_its_shape(dense_model, form, heads, kv_heads, la
         assert (site.form, site.num_heads, site.num_kv_heads, site.head_dim) == (form, heads, kv_heads, 16)
         assert (site.past_key, site.past_value) == (f"past_key_values.{i}.key", f"past_key_values.{i}.value")
         assert (site.present_key, site.present_value) == (f"present.{i}.key", f"present.{i}.value")
-        assert site.mask == "causal"
+        assert site.mask == Mask.causal() and str(site.mask) == "causal"
 
 
 def test_rotary_location_is_reported(dense_model):
@@ -34,7 +35,8 @@ def test_rotary_location_is_reported(dense_model):
 @pytest.mark.parametrize("form", ["decomposed", "gqa", "attention"])
 def test_sliding_window_is_reported_with_its_size(dense_model, form):
     sites = find_attention_sites(load_model(dense_model(form, sliding_window=3))).sites
-    assert [s.mask for s in sites] == ["sliding window 3"] * 2
+    assert [s.mask for s in sites] == [Mask.sliding_window(3)] * 2
+    assert [str(s.mask) for s in sites] == ["sliding window 3"] * 2
 
 
 def _save(tmp_path, nodes, inputs, outputs, name="m.onnx"):
@@ -61,3 +63,14 @@ def test_kv_input_feeding_an_unknown_pattern_is_a_miss(tmp_path):
     assert detection.sites == []
     assert [m.value for m in detection.misses] == ["past_key_values.0.key"]
     assert "Relu" in detection.misses[0].reason
+
+
+def test_a_mask_reads_back_as_inspect_shows_it_and_refuses_a_window_on_the_wrong_kind():
+    assert [str(m) for m in (Mask.causal(), Mask.sliding_window(4), Mask.other("bias input 'b'"))] == [
+        "causal", "sliding window 4", "other: bias input 'b'"]
+    assert Mask.sliding_window(4).window == 4 and Mask.causal().window is None
+    assert not Mask.other("x").is_pageable and Mask.sliding_window(4).is_pageable
+    with pytest.raises(ValueError, match="a window goes with kind 'sliding_window' only"):
+        Mask("causal", window=4)
+    with pytest.raises(ValueError, match="mask kind must be one of"):
+        Mask("alibi")

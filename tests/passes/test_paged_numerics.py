@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pagedc.passes.paged import LAYOUTS
+from pagedc.passes.site import FORMS
 from pagedc.runtime.feeds import SequenceStep
 from tests.conftest import PAGED_ATOL, paged_copy
 from tests.paged_harness import DenseRunner, PagedRunner, blocks_for, shuffled_blocks
 
-FORMS = ("decomposed", "gqa", "attention", "mha")
-LAYOUTS = ("separate", "combined")
 BLOCK_SIZE = 4
 NUM_BLOCKS = 40
 VOCAB = 97

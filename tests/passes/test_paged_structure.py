@@ -7,14 +7,16 @@ import onnx_ir as ir
 import pytest
 
 from pagedc.model_file import load_model
-from pagedc.passes.paged import PagedRewriteError, rewrite_to_paged
+from pagedc import manifest_schema, testing
+from pagedc.passes.paged import LAYOUTS, PagedRewriteError, rewrite_to_paged
+from pagedc.passes.site import FORMS
 
 
 def _shapes(values) -> dict[str, list]:
     return {v.name: [d if isinstance(d, int) else str(d) for d in v.shape] for v in values}
 
 
-@pytest.mark.parametrize("form", ["decomposed", "gqa", "attention", "mha"])
+@pytest.mark.parametrize("form", FORMS)
 def test_separate_layout_abi(dense_model, form):
     model, report = rewrite_to_paged(load_model(dense_model(form)), block_size=8)
     inputs, outputs = _shapes(model.graph.inputs), _shapes(model.graph.outputs)
@@ -29,7 +31,7 @@ def test_separate_layout_abi(dense_model, form):
     assert not any("past" in n or n == "attention_mask" for n in inputs)
     assert not any("present" in n for n in outputs)
     grouped = {"grouped attention (repeat-kv removed)": 2} if form == "decomposed" else {}
-    assert report.rewrites == {form: 2, **grouped} and report.added_position_ids == (form == "gqa")
+    assert report.forms == {form: 2} and report.rules == grouped and report.added_position_ids == (form == "gqa")
     assert "Expand" not in {n.op_type for n in model.graph}, "K/V are still repeated per query head"
     onnx.checker.check_model(ir.to_proto(model), full_check=True)
 
@@ -39,8 +41,8 @@ def test_combined_layout_abi(dense_model):
     inputs = _shapes(model.graph.inputs)
     assert inputs["block_table"] == ["batch_size", 2, "max_blocks"]
     assert inputs["slot_mapping"] == [2, "num_tokens"]
-    assert [p.inputs for p in report.pools] == [["kv_cache.0"], ["kv_cache.1"]]
-    assert [p.outputs for p in report.pools] == [["kv_cache_out.0"], ["kv_cache_out.1"]]
+    assert [p.inputs for p in report.pools] == [("kv_cache.0",), ("kv_cache.1",)]
+    assert [p.outputs for p in report.pools] == [("kv_cache_out.0",), ("kv_cache_out.1",)]
 
 
 @pytest.mark.parametrize("layout", ["separate", "combined"])
@@ -89,3 +91,24 @@ def test_bad_options_are_refused(dense_model):
         rewrite_to_paged(model, layout="interleaved")
     with pytest.raises(ValueError, match="block_size must be >= 1"):
         rewrite_to_paged(model, block_size=0)
+
+
+@pytest.mark.parametrize(("form", "index", "name"), [
+    ("gqa", 11, "head_sink"), ("attention", 6, "nonpad_kv_seqlen"), ("mha", 4, "key_padding_mask")])
+def test_an_unsupported_optional_input_is_refused_naming_each_layer(dense_model, form, index, name):
+    model = load_model(dense_model(form))
+    extra = ir.Value(name=name, type=ir.TensorType(ir.DataType.INT32), shape=ir.Shape(["batch_size"]))
+    model.graph.inputs.append(extra)
+    ops = [n for n in model.graph if n.op_type in ("GroupQueryAttention", "Attention", "MultiHeadAttention")]
+    for op in ops:
+        op.resize_inputs(max(len(op.inputs), index + 1))
+        op.replace_input_with(index, extra)
+    with pytest.raises(PagedRewriteError) as err:
+        rewrite_to_paged(model)
+    assert [p.split("): ", 1)[1] for p in err.value.problems] == [f"{ops[0].op_type} with {name} is not supported"] * 2
+
+
+def test_the_pass_names_the_forms_and_layouts_its_neighbours_name():
+    """The pass may import neither the contract nor pagedc.testing (tests/test_import_arrows.py): each keeps its tuple."""
+    assert testing.FORMS == FORMS
+    assert manifest_schema.LAYOUTS == LAYOUTS

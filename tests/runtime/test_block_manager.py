@@ -14,10 +14,10 @@ from pagedc.runtime import PagedKVCacheManager, SequenceStep, step_feeds
 def test_blocks_come_from_the_free_list_in_order_and_skip_the_null_block():
     manager = PagedKVCacheManager(num_blocks=8, block_size=4)
     manager.add("a")
-    assert manager.append("a", 6).tolist() == [4, 5, 6, 7, 8, 9]       # blocks [1, 2]
+    assert manager.append("a", 6).slots(4).tolist() == [4, 5, 6, 7, 8, 9]       # blocks [1, 2]
     manager.add("b")
-    assert manager.append("b", 1).tolist() == [12]                      # block 3
-    assert manager.append("a", 3).tolist() == [10, 11, 16]              # fills block 2, takes block 4
+    assert manager.append("b", 1).slots(4).tolist() == [12]                      # block 3
+    assert manager.append("a", 3).slots(4).tolist() == [10, 11, 16]              # fills block 2, takes block 4
     assert manager.block_ids("a") == ([1, 2, 4], None)
     manager.check_invariants()
 
@@ -36,17 +36,20 @@ def test_step_feeds_worked_example():
     assert padded["context_lens"].tolist() == [6, 0]
 
 
-def test_manager_step_inputs_cover_the_last_append():
+def test_appends_are_the_step_and_feed_it():
+    """append returns the sequence's part of the step; step_feeds lays a batch of them out, input_ids included."""
     manager = PagedKVCacheManager(num_blocks=8, block_size=4)
     for seq, count in (("a", 6), ("b", 1)):
         manager.add(seq)
         manager.append(seq, count)
-    manager.append("a", 1)
-    feeds = manager.step_inputs(["a", "b"])
+    step_a = manager.append("a", 1, [42])
+    assert (step_a.key_blocks, step_a.positions, step_a.token_ids) == ([1, 2], [6], (42,))
+    feeds = step_feeds([step_a, manager.append("b", 2, [5, 6])], block_size=4)
     assert feeds["block_table"].tolist() == [[1, 2], [3, 0]]
-    assert feeds["position_ids"].tolist() == [[6], [0]]
-    assert feeds["slot_mapping"].tolist() == [10, 12]
-    assert feeds["context_lens"].tolist() == [7, 1]
+    assert feeds["position_ids"].tolist() == [[6, 0], [1, 2]]
+    assert feeds["slot_mapping"].tolist() == [10, 1, 13, 14]            # a's padding token (flat index 1) -> slot 1, block 0
+    assert feeds["context_lens"].tolist() == [7, 3]
+    assert feeds["input_ids"].tolist() == [[42, 0], [5, 6]]             # padding is token 0
 
 
 def test_step_feeds_refuse_the_null_block_and_short_tables():
@@ -59,8 +62,9 @@ def test_step_feeds_refuse_the_null_block_and_short_tables():
 def test_combined_layout_takes_separate_k_and_v_blocks():
     manager = PagedKVCacheManager(num_blocks=9, block_size=2, layout="combined")
     manager.add(0)
-    assert manager.append(0, 3).tolist() == [[2, 3, 6], [4, 5, 8]]      # K blocks [1, 3], V blocks [2, 4]
-    feeds = manager.step_inputs([0])
+    step = manager.append(0, 3)
+    assert step.slots(2).tolist() == [[2, 3, 6], [4, 5, 8]]              # K blocks [1, 3], V blocks [2, 4]
+    feeds = step_feeds([step], block_size=2, layout="combined")
     assert feeds["block_table"].tolist() == [[[1, 3], [2, 4]]]
     assert feeds["slot_mapping"].tolist() == [[2, 3, 6], [4, 5, 8]]
     assert manager.blocks_needed(0, 1) == 0 and manager.blocks_needed(0, 2) == 1   # one (K, V) unit
@@ -90,7 +94,7 @@ def test_user_errors_say_what_and_how_much():
         manager.append("zz", 1)
     with pytest.raises(ValueError, match="would hold 17 tokens; the pool of 5 blocks x 4 tokens holds at most 16"):
         manager.append("a", 17)
-    with pytest.raises(ValueError, match="num_blocks must be >= 2"):
+    with pytest.raises(ValueError, match="num_blocks must be an int >= 2, got 1"):
         PagedKVCacheManager(num_blocks=1, block_size=4)
 
 
@@ -125,7 +129,7 @@ class ManagerMachine(RuleBasedStateMachine):
         if self.tokens[seq] + count > self.manager.max_tokens_per_sequence():
             return
         if self.manager.can_append(seq, count):
-            slots = self.manager.append(seq, count)
+            slots = self.manager.append(seq, count).slots(4)
             assert len(set(slots.tolist())) == count and (slots // 4 != 0).all()
             self.tokens[seq] += count
         else:
@@ -159,10 +163,11 @@ TestManagerMachine.settings = settings(max_examples=40, stateful_step_count=50, 
 def test_slots_of_all_live_tokens_are_distinct():
     rng = np.random.default_rng(0)
     manager = PagedKVCacheManager(num_blocks=64, block_size=8, layout="combined")
+    steps = []
     for seq in range(6):
         manager.add(seq)
-        manager.append(seq, int(rng.integers(1, 30)))
-    feeds = manager.step_inputs(list(range(6)))
+        steps.append(manager.append(seq, int(rng.integers(1, 30))))
+    feeds = step_feeds(steps, block_size=8, layout="combined")
     k_blocks, v_blocks = feeds["block_table"][:, 0], feeds["block_table"][:, 1]
     real = np.concatenate([k_blocks[k_blocks > 0], v_blocks[v_blocks > 0]])
     assert len(set(real.tolist())) == len(real)

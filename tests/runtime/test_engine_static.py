@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from pagedc.mxr_lowering import Bucket
+from pagedc.mxr.lowering import Bucket
 from pagedc.runtime import Engine, EngineOptions
 from tests.compiler.mxr_harness import static_paged_session
 from tests.paged_harness import DenseRunner
@@ -31,10 +31,13 @@ def test_engine_on_static_buckets_matches_the_dense_loop(dense_model, tmp_path, 
     assert engine.manager.stats()["blocks_used"] == 0
 
 
-def test_requests_beyond_the_compiled_context_are_refused(dense_model, tmp_path):
+def test_requests_stop_at_the_compiled_context(dense_model, tmp_path):
     session = static_paged_session(dense_model("gqa"), tmp_path, [Bucket("prefill", 1, 8), Bucket("decode", 1, 1)],
                                    layout="separate", block_size=4, num_blocks=48, max_context=16)
     engine = Engine(session.manifest, tmp_path, session=session)
-    with pytest.raises(ValueError, match=r"needs 20 tokens of context \(4 prompt \+ 16 new\); the compiled "
-                                         r"buckets hold 16"):
-        engine.generate([[1, 2, 3, 4]], max_new_tokens=16)
+    [tokens] = engine.generate([[1, 2, 3, 4]], max_new_tokens=16)
+    assert tokens == DenseRunner(dense_model("gqa")).greedy([1, 2, 3, 4], 12)        # 4 + 12 = max_context
+    assert engine.requests[0].finish_reason == "length"
+    with pytest.raises(ValueError, match=r"prompt 0 has 17 tokens, more than the 16 this engine runs per sequence: "
+                                         r"the compiled buckets span 16 tokens \(recompile with a larger --max-context\)"):
+        engine.generate([list(range(1, 18))], max_new_tokens=1)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pagedc.manifest import Artifact
-from pagedc.runtime.buckets import BucketError, StepShape, pad_feeds, select_artifact, step_shape, unpad_logits
+from pagedc.runtime.sessions.buckets import BucketError, StepShape, pad_feeds, select_artifact, step_shape, unpad_logits
 from pagedc.runtime.feeds import SequenceStep, step_feeds
 
 I32, I64 = "int32", "int64"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pagedc.runtime.mxr_pools import StepBlocks, step_pool_blocks
+from pagedc.runtime.sessions.mxr_pools import StepBlocks, step_pool_blocks
 
 
 def test_the_docstring_example():

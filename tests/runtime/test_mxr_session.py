@@ -7,13 +7,14 @@ import dataclasses
 import numpy as np
 import pytest
 
-from pagedc.compile import CompileOptions, compile_model
+from pagedc.build import CompileOptions, compile_model
+from pagedc.errors import ManifestError
 from pagedc.manifest import Artifact, LayerPools, Manifest
-from pagedc.runtime.bucketed_session import BucketedPagedSession
+from pagedc.runtime.sessions.bucketed import BucketedPagedSession
 from pagedc.runtime.feeds import SequenceStep, step_feeds
-from pagedc.runtime.migraphx_import import MigraphxUnavailable, is_migraphx_available
-from pagedc.runtime.mxr_program import MxrProgramError, parameter_problems
-from pagedc.runtime.mxr_session import MxrPagedSession
+from pagedc.runtime.sessions.migraphx_import import MigraphxUnavailable, is_migraphx_available
+from pagedc.runtime.sessions.mxr_program import MxrProgramError, parameter_problems
+from pagedc.runtime.sessions.mxr import MxrPagedSession
 from tests.paged_harness import DenseRunner
 
 ARTIFACT = Artifact("decode_b1.mxr", "decode", {"input_ids": [1, 1], "key_cache.0": [8, 2, 4, 16]},
@@ -59,7 +60,7 @@ def test_without_migraphx_the_session_says_what_to_install():
 
 def test_bucketed_session_needs_the_outputs_recorded():
     old = dataclasses.replace(ARTIFACT, outputs=[])
-    with pytest.raises(ValueError, match=r"without \['logits', 'key_cache_out.0'\]; recompile"):
+    with pytest.raises(ManifestError, match=r"without \['logits', 'key_cache_out.0'\]; recompile"):
         BucketedPagedSession(_manifest(artifacts=(old,)), {old.path: lambda inputs: []})
 
 

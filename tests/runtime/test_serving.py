@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from pagedc.compile import CompileOptions, compile_model
+from pagedc.build import CompileOptions, compile_model
 from pagedc.manifest import Manifest
 from pagedc.runtime import Engine, EngineOptions, SamplingParams
 

@@ -9,7 +9,7 @@ pytest.importorskip("openai", reason="the serve tests talk to the server with th
 
 import onnx  # noqa: E402
 
-from pagedc.compile import CompileOptions, compile_model  # noqa: E402
+from pagedc.build import CompileOptions, compile_model  # noqa: E402
 from pagedc.testing import DecoderConfig, build_decoder  # noqa: E402
 from pagedc.testing.tokenizer import write_tokenizer_files  # noqa: E402
 
