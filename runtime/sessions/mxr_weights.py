@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from pagedc.errors import ManifestError
 from pagedc.manifest import Manifest
 
 
-class WeightsError(Exception):
+class WeightsError(ManifestError):
     """weights.bin is missing or does not hold what the manifest lists; the message says what to do."""
 
 
