@@ -31,7 +31,7 @@ from pagedc.mxr.compile import write_lowered
 from pagedc.mxr.lowering import Bucket, lower_paged
 from pagedc.mxr.weights import WEIGHTS_FILE, weight_tensors, weights_to_inputs, write_weights
 from pagedc.passes.paged import rewrite_to_paged
-from pagedc.runtime import PagedKVCacheManager
+from pagedc.runtime import PagedKVCacheManager, step_feeds
 from pagedc.runtime.sessions.bucketed import BucketedPagedSession
 from pagedc.runtime.sessions.mxr_pools import STEP_POOLS, step_pool_blocks
 from pagedc.runtime.sessions.mxr_program import program_runner
@@ -88,11 +88,8 @@ def decode_step(session: BucketedPagedSession, past_len: int):
     """A closure running one decode step of a sequence with `past_len` cached tokens."""
     manager = PagedKVCacheManager.from_manifest(session.manifest)
     manager.add(0)
-    manager.append(0, past_len + 1)
-    feeds = manager.step_inputs([0])
-    feeds["input_ids"] = np.array([[7]], np.int64)
-    feeds["position_ids"] = feeds["position_ids"][:, -1:]
-    feeds["slot_mapping"] = feeds["slot_mapping"][..., -1:].copy()
+    manager.append(0, past_len)                                  # the cached context (its values do not matter)
+    feeds = step_feeds([manager.append(0, 1, [7])], session.manifest.block_size)   # one decode step
     return lambda _: session.run(feeds)
 
 
