@@ -27,6 +27,7 @@ from pagedc.passes.detect import find_attention_sites
 from pagedc.runtime.sessions.buckets import BucketError, bucket_shape
 from pagedc.runtime.sessions.migraphx_import import MigraphxUnavailable, import_migraphx
 from pagedc.runtime.sessions.mxr_program import MxrProgramError, load_program, parameter_specs
+from pagedc.runtime.sessions.mxr_weights import ProgramWeights
 
 PAGED_SEPARATE, PAGED_COMBINED, STANDARD = "paged-separate", "paged-combined", "standard"
 TITLES = {PAGED_SEPARATE: "Paged (separate K/V)", PAGED_COMBINED: "Paged (combined K/V)",
@@ -103,7 +104,8 @@ def _from_mxr(path: Path) -> ModelKind:
     if path.name not in listed:
         raise errors.ManifestError(f"{path}: {path.parent / FILENAME} does not list this file; recompile")
     migraphx = import_migraphx()
-    program = load_program(migraphx, path, listed[path.name])   # checks its parameters against the manifest
+    weights = ProgramWeights.of(manifest, path.parent)
+    program = load_program(migraphx, path, listed[path.name], weights)   # checks its parameters against the manifest
     kind = kind_from_inputs({name: dims for name, (dims, _) in parameter_specs(program).items()})
     static = manifest.artifacts if kind != STANDARD else manifest.standard_artifacts
     return ModelKind(path, kind, "migraphx", manifest, path.parent, _bucket_names(static), None, tuple(static))

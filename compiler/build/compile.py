@@ -33,6 +33,7 @@ from pagedc.build.output_dir import OutputError, check_output, commit, make_stag
 from pagedc.passes.paged import RewriteReport, rewrite_to_paged
 from pagedc.runtime.sessions.memory import format_bytes, total_memory
 from pagedc.runtime.sessions.migraphx_import import MigraphxUnavailable, import_migraphx, is_migraphx_available
+from pagedc.runtime.sessions.mxr_pools import STEP_POOLS
 
 log = logging.getLogger(__name__)
 MODEL_FILE = "model.onnx"
@@ -79,7 +80,8 @@ def compile_model(source: Path, out_dir: Path, options: CompileOptions,
     progress(f"rewrote {report.num_layers} layer(s): {_rewrite_summary(report)}")
     num_blocks = _num_blocks(report, options)
     plan = plan_mxr(source, model, num_blocks, options, progress) if target == "mxr" else None
-    migraphx = _import_migraphx() if target == "mxr" else None
+    if target == "mxr":
+        _import_migraphx()   # fails before anything is written; the MIGraphX steps run in child processes
     staging = make_staging(out_dir)
     try:
         if target == "onnx":
@@ -88,7 +90,7 @@ def compile_model(source: Path, out_dir: Path, options: CompileOptions,
             manifest = _manifest(source, model, report, num_blocks, options)
         else:
             manifest = _mxr_manifest(source, model, report, num_blocks, options, plan,
-                                     write_mxr(plan, migraphx, staging, options, progress))
+                                     write_mxr(plan, staging, options, progress))
         manifest.write(staging)
         _copy_tokenizer(source.parent, staging, progress)
         commit(staging, out_dir)
@@ -184,9 +186,12 @@ def _mxr_manifest(source: Path, model: ir.Model, report: RewriteReport, num_bloc
                   plan: MxrPlan, artifacts: tuple[list[Artifact], list[Artifact]]) -> Manifest:
     paged, standard = artifacts
     pool = report.pools[0].inputs[0]
+    backend_options = {"offload_copy": options.offload_copy, "fp16": options.fp16, "pools": STEP_POOLS}
+    if plan.weights_note:
+        backend_options["weights"] = plan.weights_note
     return _manifest(source, model, report, num_blocks, options, backend="migraphx", target=options.device,
                      artifacts=tuple(paged), kv_dtype=paged[0].dtypes[pool], max_context=plan.max_context,
-                     backend_options={"offload_copy": options.offload_copy, "fp16": options.fp16},
+                     backend_options=backend_options,
                      standard_artifacts=tuple(standard), standard=plan.standard_note)
 
 

@@ -99,7 +99,72 @@ def lower_static(model: ir.Model, shapes: dict[str, list[int]]) -> ir.Model:
     _forget_inferred_shapes(model.graph)
     trim_gqa_inputs(model)
     fold_static(model)
+    if zero_muls_to_constants(model):
+        fold_static(model)
+    expand_zero_adds(model)
     return model
+
+
+def expand_zero_adds(model: ir.Model) -> int:
+    """Integer `Add(x, zeros)` (a broadcast written as an add) -> `Expand(x, shape)`; returns the nodes replaced.
+
+    NOTE: MIGraphX f729a52's simplify_algebra (run by quantize_fp16, and by the gpu target's
+    compile) throws `BROADCAST: when broadcasting, succeeding sizes must match` on
+    Add(Div(x [1, 2, 1, 16, 1], 16), zeros [2, 1, 1]): the paged graph's slot -> (block, head)
+    index build, wherever a leading dim is 2 (batch 2, or the combined layout's K/V rows).
+    Expand is the same broadcast, exactly, and passes.
+    """
+    replaced = 0
+    for node in list(model.graph):
+        zeros = _integer_zeros_input(node)
+        out = node.outputs[0] if node.op_type == "Add" else None
+        if (zeros is None or out in model.graph.outputs or out.shape is None
+                or not all(isinstance(d, int) for d in out.shape)):
+            continue
+        other = node.inputs[1 - zeros]
+        shape = ir.Value(name=f"{out.name}_shape", const_value=ir.tensor(np.array(list(out.shape), np.int64)))
+        shape.shape, shape.dtype = ir.Shape([len(out.shape)]), ir.DataType.INT64
+        model.graph.register_initializer(shape)
+        expand = ir.node("Expand", [other, shape], name=f"{node.name}_expand")
+        expand.outputs[0].shape, expand.outputs[0].dtype = out.shape, out.dtype
+        model.graph.insert_before(node, expand)
+        ir.convenience.replace_all_uses_with(out, expand.outputs[0])
+        model.graph.remove(node, safe=True)
+        replaced += 1
+    return replaced
+
+
+def zero_muls_to_constants(model: ir.Model) -> int:
+    """Integer `Mul(x, 0)` -> a zeros constant of its static shape (foldable further); returns the nodes replaced.
+
+    NOTE: the paged graph builds index tuples as Mul(blocks, 0) + heads; MIGraphX f729a52's
+    simplify_algebra throws on that Add at batch 2 (see expand_zero_adds): as constants it folds away.
+    """
+    replaced = 0
+    for node in list(model.graph):
+        out = node.outputs[0] if node.op_type == "Mul" else None
+        if (out is None or _integer_zeros_input(node, "Mul") is None or out in model.graph.outputs
+                or out.shape is None or not all(isinstance(d, int) for d in out.shape)
+                or int(np.prod(list(out.shape))) > FOLD_INPUT_LIMIT):
+            continue
+        zeros = ir.Value(name=f"{out.name}_zeros", const_value=ir.tensor(np.zeros(list(out.shape), out.dtype.numpy())))
+        zeros.shape, zeros.dtype = out.shape, out.dtype
+        model.graph.register_initializer(zeros)
+        ir.convenience.replace_all_uses_with(out, zeros)
+        model.graph.remove(node, safe=True)
+        replaced += 1
+    return replaced
+
+
+def _integer_zeros_input(node: ir.Node, op_type: str = "Add") -> int | None:
+    if node.op_type != op_type or len(node.inputs) != 2 or any(v is None for v in node.inputs):
+        return None
+    for index, value in enumerate(node.inputs):
+        tensor = value.const_value
+        if (tensor is not None and node.inputs[1 - index].const_value is None and tensor.dtype.is_integer()
+                and tensor.size <= FOLD_INPUT_LIMIT and not tensor.numpy().any()):
+            return index
+    return None
 
 
 def _forget_inferred_shapes(graph: ir.Graph) -> None:

@@ -71,7 +71,37 @@ def lower_standard(model: ir.Model, sites: list[AttentionSite], bucket: Bucket,
             fixed[name] = [bucket.batch, site.num_kv_heads, past_len, site.head_dim]  # [B, Hkv, P, Dh]
     names = {value.name for value in model.graph.inputs}
     shapes = {name: dims for name, dims in input_shapes(model.graph, bucket, {}, fixed).items() if name in names}
-    return lower_static(model, shapes), shapes
+    static = lower_static(model, shapes)
+    column_seqlens_k(static)
+    return static, shapes
+
+
+def column_seqlens_k(model: ir.Model) -> int:
+    """Feed GroupQueryAttention's seqlens_k as [B, 1]; returns the nodes changed.
+
+    NOTE: MIGraphX (f729a52, parse_group_query_attention.cpp) multibroadcasts seqlens_k to
+    [B, num_heads]; the ONNX op's [B] aligns with the trailing num_heads and throws
+    `MULTIBROADCAST: input shape {2} cannot be broadcasted to {2, 4}` at batch > 1 ([1] broadcasts,
+    so batch 1 parsed). [B, 1] broadcasts; MIGraphX's rotary and concat_past_present read seqlens_k
+    element-wise, whatever its shape, and ONNX Runtime's GroupQueryAttention takes [B, 1] too.
+    """
+    nodes = [n for n in model.graph if n.op_type == "GroupQueryAttention" and len(n.inputs) > 5
+             and n.inputs[5] is not None and n.inputs[5].shape is not None and len(n.inputs[5].shape) == 1]
+    columns: dict[ir.Value, ir.Value] = {}
+    for node in nodes:
+        seqlens_k = node.inputs[5]
+        if seqlens_k not in columns:
+            axes = ir.Value(name=f"{seqlens_k.name}_column_axes", const_value=ir.tensor([1], ir.DataType.INT64))
+            axes.shape, axes.dtype = ir.Shape([1]), ir.DataType.INT64
+            model.graph.register_initializer(axes)
+            unsqueeze = ir.node("Unsqueeze", [seqlens_k, axes], name=f"{seqlens_k.name}_column")
+            unsqueeze.outputs[0].name = f"{seqlens_k.name}_column"
+            unsqueeze.outputs[0].dtype = seqlens_k.dtype
+            unsqueeze.outputs[0].shape = ir.Shape([seqlens_k.shape[0], 1])
+            model.graph.insert_before(node, unsqueeze)
+            columns[seqlens_k] = unsqueeze.outputs[0]
+        node.replace_input_with(5, columns[seqlens_k])
+    return len(nodes)
 
 
 def standard_note(sites: list[AttentionSite], max_context: int) -> dict:

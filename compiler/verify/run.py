@@ -30,6 +30,7 @@ from pagedc.runtime.sessions import open_session
 from pagedc.runtime.sessions.migraphx_import import import_migraphx
 from pagedc.runtime.sessions.mxr_program import load_program, program_runner
 from pagedc.runtime.sessions.standard_cache import StandardKVCache
+from pagedc.runtime.sessions.mxr_weights import ProgramWeights
 
 TIERS = {"tight": (1e-5, 1e-4), "medium": (1e-4, 1e-3), "loose": (1e-3, 1e-2)}
 
@@ -160,7 +161,8 @@ def standard_programs(manifest: Manifest, directory: Path) -> dict:
     if not manifest.standard_artifacts:
         raise ManifestError(f"{directory}: no standard artifacts; compile with --emit-standard, or pass the dense .onnx")
     migraphx = import_migraphx()
-    return {a.path: program_runner(migraphx, load_program(migraphx, directory / a.path, a))
+    weights = ProgramWeights.of(manifest, directory)
+    return {a.path: program_runner(migraphx, load_program(migraphx, directory / a.path, a, weights), weights)
             for a in manifest.standard_artifacts}
 
 

@@ -6,7 +6,9 @@ Both take a step's feeds (`run(feeds) -> logits [B, S, V]`), own the pools,
 and apply block copies (`copy_blocks`). ONNX Runtime: one dynamic artifact,
 pools bound in place with IOBinding (ort.py). MIGraphX: one static program
 per shape bucket, inputs padded up to the smallest bucket that fits
-(bucketed.py, mxr.py, mxr_program.py).
+(bucketed.py, mxr.py, mxr_program.py); the host keeps the pools and feeds each
+step's blocks (mxr_pools.py), the weights come from one mapped weights.bin
+(mxr_weights.py).
 """
 
 from __future__ import annotations

@@ -4,14 +4,19 @@ Same interface as OrtPagedSession: `run(feeds) -> logits [B, S, V]`, `pools`,
 `copy_blocks`. One step:
 
     step = shape of feeds (B, S, MB)   ->  smallest artifact that fits (runtime.buckets)
-    pad feeds to the artifact          ->  run(inputs + pools)  ->  outputs in artifact.outputs order
-    pools <- the pool outputs          ->  logits sliced back to [B, S, V] (copied, as ORT's are)
+    pad feeds to the artifact          ->  step pools: the step's blocks of every pool (runtime.mxr_pools)
+    run(inputs + step pools)           ->  outputs in artifact.outputs order
+    new K/V rows -> the host pools     ->  logits sliced back to [B, S, V] (copied, as ORT's are)
 
 NOTE: MIGraphX's ScatterND returns a new buffer instead of updating the pool
-input (DESIGN.md §7), so each step's returned pools *are* the next step's
-pools; nothing is copied back. The run functions come from the backend:
-MIGraphX programs (pagedc.runtime.sessions.mxr), or anything with the same
-contract, e.g. ONNX Runtime over the lowered static ONNX in tests.
+input (DESIGN.md §7); a program over the whole pool would copy all of it every
+step. Artifacts compiled for step pools (manifest backend_options "pools":
+"step_blocks") see only the step's blocks, so a step costs what its bucket's
+context costs, whatever the pool size. Artifacts compiled for the whole pool
+(older compiles) get it and return the next step's pools, nothing copied back.
+The run functions come from the backend: MIGraphX programs
+(pagedc.runtime.sessions.mxr), or anything with the same contract, e.g. ONNX
+Runtime over the lowered static ONNX in tests.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from pagedc.errors import ManifestError
 from pagedc.manifest import Artifact, Manifest
 from pagedc.runtime.sessions.buckets import pad_feeds, select_artifact, step_shape, unpad_logits
 from pagedc.runtime.sessions.memory import check_pools_fit
+from pagedc.runtime.sessions.mxr_pools import STEP_POOLS, StepBlocks
 from pagedc.runtime.sessions.mxr_program import RunFn
 
 LOGITS = "logits"
@@ -43,19 +49,30 @@ class BucketedPagedSession:
         check_pools_fit(manifest.num_blocks * manifest.bytes_per_block(), manifest.bytes_per_block(), first.path)
         self.pools = {name: np.zeros(manifest.pool_shape(), first.dtypes.get(name, manifest.kv_dtype))
                       for layer in manifest.pools for name in layer.inputs}     # [NB, Hkv, bs, Dh] each
+        self.is_step_pools = manifest.backend_options.get("pools") == STEP_POOLS
         self.last_artifact: Artifact | None = None
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """One step: input_ids and the paged ABI inputs, any B, S, MB a bucket fits; returns logits [B, S, V]."""
         step = step_shape(feeds)
         artifact = select_artifact(self.manifest.artifacts, step)
-        inputs = {**pad_feeds(feeds, artifact), **self.pools}
+        inputs = pad_feeds(feeds, artifact)
+        blocks = None
+        if self.is_step_pools:
+            blocks = StepBlocks.of(inputs["block_table"], inputs["slot_mapping"], self.manifest.block_size)
+            inputs.update(block_table=blocks.local_table, slot_mapping=blocks.local_slots)
+            inputs.update({name: blocks.gather(pool) for name, pool in self.pools.items()})
+        else:
+            inputs.update(self.pools)
         missing = sorted(artifact.inputs.keys() - inputs.keys())
         if missing:
             raise ManifestError(f"artifact {artifact.path} needs inputs {missing} that the step's feeds do not have")
         outputs = dict(zip(artifact.outputs, self.runners[artifact.path](inputs)))
         for out, name in self._pool_of_output.items():
-            self.pools[name] = outputs[out]          # the next step reads the pools this one returned
+            if blocks is not None:
+                blocks.write_back(self.pools[name], outputs[out])   # only the step's new rows
+            else:
+                self.pools[name] = outputs[out]          # the next step reads the pools this one returned
         self.last_artifact = artifact
         return np.array(unpad_logits(outputs[LOGITS], step))   # a copy: result buffers may be reused by the backend
 

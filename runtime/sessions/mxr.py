@@ -21,6 +21,7 @@ from pagedc.manifest import Manifest
 from pagedc.runtime.sessions.bucketed import BucketedPagedSession
 from pagedc.runtime.sessions.migraphx_import import import_migraphx
 from pagedc.runtime.sessions.mxr_program import MxrProgramError, load_program, program_runner
+from pagedc.runtime.sessions.mxr_weights import ProgramWeights
 
 
 class MxrPagedSession(BucketedPagedSession):
@@ -33,8 +34,9 @@ class MxrPagedSession(BucketedPagedSession):
             raise MxrProgramError("the artifacts were compiled with --no-offload-copy (device buffers); this session "
                                   "feeds host arrays: recompile with --offload-copy")
         migraphx = import_migraphx()
+        weights = ProgramWeights.of(manifest, directory)     # one memory map, shared by every bucket
         runners = {}
         for artifact in manifest.artifacts:
-            program = load_program(migraphx, Path(directory) / artifact.path, artifact)
-            runners[artifact.path] = program_runner(migraphx, program)
+            program = load_program(migraphx, Path(directory) / artifact.path, artifact, weights)
+            runners[artifact.path] = program_runner(migraphx, program, weights)
         super().__init__(manifest, runners)

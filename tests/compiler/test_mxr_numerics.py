@@ -22,13 +22,18 @@ PROMPTS = [[5, 17, 3, 9, 60], [2, 4, 6, 8, 10, 12, 14, 16], [40, 41]]   # ragged
 DECODE = [[11, 12, 13], [21, 22, 23], [31, 32, 33]]                   # fed tokens, not sampled
 
 
-@pytest.mark.parametrize("form", ["decomposed", "gqa"])
-@pytest.mark.parametrize("layout", ["separate", "combined"])
-def test_static_buckets_match_the_dense_model(dense_model, tmp_path, form, layout):
+@pytest.mark.parametrize("form,layout,step_pools", [
+    ("decomposed", "separate", True), ("decomposed", "combined", True), ("gqa", "separate", True),
+    ("gqa", "combined", True), ("gqa", "separate", False),     # False: programs over the whole pool (older compiles)
+])
+def test_static_buckets_match_the_dense_model(dense_model, tmp_path, form, layout, step_pools):
     dense = dense_model(form)
     buckets = [Bucket("prefill", 4, 8), Bucket("decode", 4, 1)]
     paged = static_paged_session(dense, tmp_path, buckets, layout=layout, block_size=BLOCK_SIZE,
-                                 num_blocks=NUM_BLOCKS, max_context=MAX_CONTEXT)
+                                 num_blocks=NUM_BLOCKS, max_context=MAX_CONTEXT, step_pools=step_pools)
+    pool = paged.manifest.pools[0].inputs[0]
+    assert paged.manifest.artifacts[1].inputs[pool][0] == (NUM_BLOCKS if not step_pools else
+                                                           1 + (2 if layout == "combined" else 1) * 4 * 6)
     # The last block goes first: padding that lands outside the null block (e.g. a wrapped -1) hits real KV.
     free = [NUM_BLOCKS - 1] + [b for b in shuffled_blocks(NUM_BLOCKS, seed=3) if b != NUM_BLOCKS - 1]
     total = [len(p) + len(d) for p, d in zip(PROMPTS, DECODE)]

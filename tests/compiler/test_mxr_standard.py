@@ -53,7 +53,11 @@ def test_gqa_standard_models_are_trimmed_and_share_one_buffer(dense_model):
     model = load_model(dense_model("gqa"))
     sites = standard_sites(model)
     static, shapes = lower_standard(model, sites, Bucket("prefill", 1, 8), MAX_CONTEXT)
-    assert [len(n.inputs) for n in static.graph if n.op_type == "GroupQueryAttention"] == [9, 9]
+    gqa = [n for n in static.graph if n.op_type == "GroupQueryAttention"]
+    assert [len(n.inputs) for n in gqa] == [9, 9]
+    # MIGraphX broadcasts seqlens_k to [B, num_heads]: a [B] input fails at B > 1, [B, 1] does not
+    assert [list(n.inputs[5].shape) for n in gqa] == [[1, 1], [1, 1]]
+    assert gqa[0].inputs[5].producer().op_type == "Unsqueeze"
     assert shapes["attention_mask"] == [1, MAX_CONTEXT]
     assert shapes[sites[0].past_key] == [1, 2, MAX_CONTEXT, 16]          # [B, Hkv, M, Dh]
 
