@@ -61,7 +61,7 @@ class Engine:
         self.session = session or open_session(manifest, directory, options)
         self.manager = PagedKVCacheManager.from_manifest(manifest, engine_options.enable_prefix_caching)
         self.scheduler = Scheduler(self.manager, **_batch_limits(manifest, engine_options))
-        self.max_model_len, self._limit_reason = max_model_len(manifest, self.manager.max_tokens_per_sequence())
+        self.max_model_len, self.max_model_len_reason = max_model_len(manifest, self.manager.max_tokens_per_sequence())
         self.times = StepTimes()
         self.requests: dict[int, Request] = {}
         self._next_id = 0                 # ids below it were handed out (forked samples' included)
@@ -233,7 +233,7 @@ class Engine:
     def _check_request(self, prompt, max_new_tokens, n, sampling, stop_token_ids, cache_key,
                        name: str = "prompt") -> list[int]:
         return check_request(prompt, max_new_tokens, n, sampling, stop_token_ids, cache_key, name=name,
-                             vocab_size=self.manifest.vocab_size, limit=(self.max_model_len, self._limit_reason))
+                             vocab_size=self.manifest.vocab_size, limit=(self.max_model_len, self.max_model_len_reason))
 
 
 def _batch_limits(manifest: Manifest, options: EngineOptions) -> dict:

@@ -88,11 +88,5 @@ def _server_class(uvicorn):
 
 
 def model_limits(engine: Engine, text: ModelText) -> Limits:
-    """max_model_len: the compiled context (static buckets) or, when none is recorded, what the whole pool holds."""
-    pool_tokens = engine.manager.num_units * engine.manifest.block_size
-    max_context = engine.manifest.max_context
-    if max_context and max_context <= pool_tokens:
-        limit, reason = max_context, "the compiled --max-context"
-    else:
-        limit, reason = pool_tokens, f"the KV pool holds {engine.manager.num_units} blocks of {engine.manifest.block_size}"
-    return Limits(limit, engine.manifest.vocab_size or text.vocab_size, reason)
+    """max_model_len as the engine enforces it: the model's positions, the compiled context, the pool."""
+    return Limits(engine.max_model_len, engine.manifest.vocab_size or text.vocab_size, engine.max_model_len_reason)
