@@ -232,8 +232,13 @@ class Engine:
     # -- checks ----------------------------------------------------------------------------
     def _check_request(self, prompt, max_new_tokens, n, sampling, stop_token_ids, cache_key,
                        name: str = "prompt") -> list[int]:
-        return check_request(prompt, max_new_tokens, n, sampling, stop_token_ids, cache_key, name=name,
-                             vocab_size=self.manifest.vocab_size, limit=(self.max_model_len, self.max_model_len_reason))
+        prompt = check_request(prompt, max_new_tokens, n, sampling, stop_token_ids, cache_key, name=name,
+                               vocab_size=self.manifest.vocab_size, limit=(self.max_model_len, self.max_model_len_reason))
+        if n > self.scheduler.max_num_seqs:
+            raise RequestError(f"n={n}: the samples run as {n} sequences at once, and this engine runs at most "
+                               f"{self.scheduler.max_num_seqs} (max_num_seqs, capped by the largest compiled decode "
+                               "bucket); ask for fewer samples or raise the limit")
+        return prompt
 
 
 def _batch_limits(manifest: Manifest, options: EngineOptions) -> dict:

@@ -5,9 +5,10 @@ Each step (the shape of vLLM v1's and nano-vllm's schedulers):
    for a prefill still in progress — oldest first; when the pool cannot hold
    them, the newest running request is preempted (its blocks freed, its
    tokens recomputed later), until the request fits or is itself preempted;
-2. waiting requests are admitted, oldest first, while `max_num_seqs` and the
-   `max_num_batched_tokens` budget allow — the budget counts the token slots
-   the step computes, the prefill run padded to its longest chunk (`_chunk`);
+2. waiting requests are admitted, oldest first, while `max_num_seqs`
+   (counting each request's n samples) and the `max_num_batched_tokens`
+   budget allow — the budget counts the token slots the step computes, the
+   prefill run padded to its longest chunk (`_chunk`);
    a prompt longer than what is left is prefilled in chunks across steps;
    prefix-cached blocks are taken at admission and not recomputed.
 Slots are reserved (manager.append) here, so a scheduled step never runs out,
@@ -78,7 +79,7 @@ class Scheduler:
                 tokens = tokens if self._cost(step) + len(tokens) <= self.max_num_batched_tokens else []
             if tokens:
                 self._reserve(request, tokens, step)
-        while self.waiting and len(self.running) < self.max_num_seqs and self._chunk(step) > 0:
+        while self.waiting and self._has_room(self.waiting[0]) and self._chunk(step) > 0:
             if not self._admit(self.waiting[0], self._chunk(step), step):
                 break
         if not step.work and self.has_work():
@@ -97,6 +98,11 @@ class Scheduler:
         return (f"the scheduler can make no progress: {head}; {len(self.running)} running, {len(self.waiting)} "
                 f"waiting, {self.manager.num_free_blocks} free blocks, max_num_seqs {self.max_num_seqs}, "
                 f"max_num_batched_tokens {self.max_num_batched_tokens}. This is a bug in pagedc: please report it")
+
+    def _has_room(self, request: Request) -> bool:
+        """max_num_seqs counts sequences: a request with n samples forks into n after its prefill (num_samples
+        is n until then, 1 after), so running requests count what they will fork into too."""
+        return sum(r.num_samples for r in self.running) + request.num_samples <= self.max_num_seqs
 
     def _cost(self, step: ScheduledStep) -> int:
         """Token slots the step computes: one per decode, and the prefill run padded to its longest chunk."""

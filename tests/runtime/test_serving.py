@@ -142,3 +142,25 @@ def test_metrics_report_usage_rates_and_ttft(compiled):
     metrics = engine.metrics()
     assert set(metrics) >= {"kv_usage", "prefix_hit_rate", "preemptions", "decode_tokens_per_s", "mean_ttft_s"}
     assert metrics["decode_tokens_per_s"] > 0 and metrics["mean_ttft_s"] > 0 and metrics["kv_usage"] == 0
+
+
+def test_max_num_seqs_counts_each_requests_samples(compiled):
+    """Two n=2 requests under max_num_seqs=3: the second waits until the first's samples finish, so no step runs
+    more than 3 sequences (a static decode bucket of 3 would otherwise be overrun); n above the limit is refused."""
+    path = compiled()
+    engine = _engine(path, max_num_seqs=3, enable_prefix_caching=False)
+    params = SamplingParams(temperature=1.0, top_k=30, seed=4)
+    ids = [engine.add_request(PROMPTS[i], 6, params, n=2) for i in (0, 1)]
+    most = 0
+    while engine.has_unfinished():
+        engine.step()
+        most = max(most, len(engine.scheduler.running))
+    assert most == 2
+    for rid, i in zip(ids, (0, 1)):
+        alone = _engine(path)
+        first = alone.add_request(PROMPTS[i], 6, params, n=2)
+        while alone.has_unfinished():
+            alone.step()
+        assert [engine.requests[rid + k].output for k in range(2)] == [alone.requests[first + k].output for k in range(2)]
+    with pytest.raises(ValueError, match="n=4: the samples run as 4 sequences at once, and this engine runs at most 3"):
+        engine.add_request(PROMPTS[0], 4, params, n=4)
