@@ -42,12 +42,43 @@ class LayerPools:
 
 
 @dataclass(frozen=True)
+class Bucket:
+    """One static step shape: `batch` sequences of `seq_len` new tokens, a block table of `max_blocks` columns.
+
+    The compiler lowers one artifact per bucket (max_blocks from --max-context); the runtime picks the
+    smallest bucket a step's shape fits. max_blocks 0: not fixed yet (before lowering).
+    """
+
+    phase: str          # "prefill" | "decode"
+    batch: int
+    seq_len: int        # 1 for decode
+    max_blocks: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"{self.phase}_b{self.batch}" + (f"_s{self.seq_len}" if self.phase == "prefill" else "")
+
+    def fits(self, other: "Bucket") -> bool:
+        """This step shape fits inside `other`'s (padding makes up the rest)."""
+        return self.batch <= other.batch and self.seq_len <= other.seq_len and self.max_blocks <= other.max_blocks
+
+    def shape_text(self) -> str:
+        return f"[B={self.batch}, S={self.seq_len}, max_blocks={self.max_blocks}]"
+
+
+@dataclass(frozen=True)
 class Artifact:
     path: str                    # relative to the manifest's directory
     phase: str                   # "any" (dynamic shapes), "prefill" or "decode"
     inputs: dict[str, list]      # input name -> shape (ints, or dim names when dynamic)
     dtypes: dict[str, str]       # input name -> numpy dtype name
     outputs: list[str] = field(default_factory=list)   # output names, in the order the artifact returns them
+
+    def bucket(self) -> Bucket:
+        """The static shape of a prefill/decode artifact, read off its input shapes (the one place that does)."""
+        batch, seq_len = (int(d) for d in self.inputs["input_ids"][:2])
+        table = self.inputs.get("block_table")
+        return Bucket(self.phase, batch, seq_len, int(table[-1]) if table else 0)
 
 
 @dataclass(frozen=True)

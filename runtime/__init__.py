@@ -5,7 +5,7 @@
     engine.generate([[1, 2, 3]], max_new_tokens=16)
 
 The engine runs ONNX Runtime artifacts (OrtPagedSession, pools updated in
-place) or MIGraphX ones (MxrPagedSession, one program per shape bucket), as
+place) or MIGraphX ones (a BucketedPagedSession of one program per shape bucket), as
 the manifest says. `PagedKVCacheManager` (block tables, slots, prefix cache,
 forks) is usable alone; it knows nothing of devices.
 """

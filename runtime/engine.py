@@ -246,10 +246,10 @@ def _batch_limits(manifest: Manifest, options: EngineOptions) -> dict:
     limits = {"max_num_seqs": options.max_num_seqs, "max_num_batched_tokens": options.max_num_batched_tokens}
     static = [a for a in manifest.artifacts if a.phase in ("prefill", "decode")]
     if static:
-        shapes = {phase: [a.inputs["input_ids"] for a in static if a.phase == phase] for phase in ("prefill", "decode")}
-        limits["max_num_seqs"] = min(options.max_num_seqs, max(b for b, _ in shapes["decode"]))
-        limits["max_prefill_seqs"] = max(b for b, _ in shapes["prefill"])
-        limits["max_prefill_len"] = max(s for _, s in shapes["prefill"])
+        buckets = [a.bucket() for a in static]
+        limits["max_num_seqs"] = min(options.max_num_seqs, max(b.batch for b in buckets if b.phase == "decode"))
+        limits["max_prefill_seqs"] = max(b.batch for b in buckets if b.phase == "prefill")
+        limits["max_prefill_len"] = max(b.seq_len for b in buckets if b.phase == "prefill")
     return limits
 
 

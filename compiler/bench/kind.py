@@ -24,7 +24,7 @@ from pagedc.manifest import FILENAME, Artifact, Manifest
 from pagedc.manifest import ManifestError as ManifestReadError
 from pagedc.model_file import ModelFileError, load_model
 from pagedc.passes.detect import find_attention_sites
-from pagedc.runtime.sessions.buckets import BucketError, bucket_shape
+from pagedc.runtime.sessions.buckets import BucketError
 from pagedc.runtime.sessions.migraphx_import import MigraphxUnavailable, import_migraphx
 from pagedc.runtime.sessions.mxr_program import MxrProgramError, load_program, parameter_specs
 from pagedc.runtime.sessions.mxr_weights import ProgramWeights
@@ -133,11 +133,8 @@ def _manifest_lists(path: Path) -> bool:
 def _bucket_names(artifacts) -> tuple[str, ...]:
     names = []
     for artifact in artifacts:
-        if "block_table" in artifact.inputs:
-            names.append(f"{artifact.phase} {bucket_shape(artifact)}")
-        else:
-            batch, seq_len = artifact.inputs["input_ids"]
-            names.append(f"{artifact.phase} [B={batch}, S={seq_len}]")
+        bucket = artifact.bucket()
+        names.append(f"{artifact.phase} {bucket.shape_text() if bucket.max_blocks else f'[B={bucket.batch}, S={bucket.seq_len}]'}")
     return tuple(names)
 
 

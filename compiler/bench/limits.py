@@ -18,7 +18,8 @@ from pagedc.bench.kind import ModelKind
 from pagedc.bench.sides import BenchOptions
 from pagedc.errors import RequestError
 from pagedc.manifest import Artifact
-from pagedc.runtime.sessions.buckets import BucketError, StepShape, bucket_shape, select_artifact
+from pagedc.manifest import Bucket
+from pagedc.runtime.sessions.buckets import BucketError, select_artifact
 
 
 def check_fits(kind: ModelKind, options: BenchOptions) -> None:
@@ -41,7 +42,7 @@ def context_chunk(kind: ModelKind, options: BenchOptions) -> int:
     """Tokens per step when prefilling the decode context: all at once, or the longest prefill bucket for B."""
     if not kind.artifacts:
         return options.context
-    prefill = [bucket_shape(a) for a in kind.artifacts if a.phase == "prefill"]
+    prefill = [a.bucket() for a in kind.artifacts if a.phase == "prefill"]
     lengths = [shape.seq_len for shape in prefill if shape.batch >= options.batch]
     if not lengths:
         raise RequestError(f"{kind.path}: no prefill bucket takes {options.batch} sequence(s) (buckets: "
@@ -80,18 +81,18 @@ def _check_paged_buckets(kind: ModelKind, options: BenchOptions) -> None:
     block_size = kind.manifest.block_size
     shapes = []
     if options.prefill_len:
-        shapes.append(("prefill", StepShape(options.batch, options.prefill_len,
-                                            math.ceil(options.prefill_len / block_size))))
+        shapes.append(("prefill", Bucket("prefill", options.batch, options.prefill_len,
+                                         math.ceil(options.prefill_len / block_size))))
     if options.decode_steps:
         chunk = context_chunk(kind, options)
         total = options.context + options.decode_steps
-        shapes += [("context prefill", StepShape(options.batch, chunk, math.ceil(options.context / block_size))),
-                   ("decode", StepShape(options.batch, 1, math.ceil(total / block_size)))]
+        shapes += [("context prefill", Bucket("prefill", options.batch, chunk, math.ceil(options.context / block_size))),
+                   ("decode", Bucket("decode", options.batch, 1, math.ceil(total / block_size)))]
     for what, shape in shapes:
         try:
             select_artifact(kind.artifacts, shape)
         except BucketError as err:
-            raise RequestError(f"{kind.path}: the {what} step {shape} fits no compiled bucket; {err}") from None
+            raise RequestError(f"{kind.path}: the {what} step {shape.shape_text()} fits no compiled bucket; {err}") from None
 
 
 def _check_standard_buckets(kind: ModelKind, options: BenchOptions) -> None:
@@ -108,5 +109,4 @@ def _check_standard_buckets(kind: ModelKind, options: BenchOptions) -> None:
 
 
 def _standard_fits(artifacts: tuple[Artifact, ...], phase: str, batch: int, seq_len: int) -> bool:
-    return any(a.phase == phase and a.inputs["input_ids"][0] >= batch and a.inputs["input_ids"][1] >= seq_len
-               for a in artifacts)
+    return any(a.phase == phase and Bucket(phase, batch, seq_len).fits(a.bucket()) for a in artifacts)

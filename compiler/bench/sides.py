@@ -41,7 +41,7 @@ class BenchOptions:
 
 
 class PagedSide:
-    """A paged model: any session with run(feeds) -> logits (OrtPagedSession, MxrPagedSession, ...)."""
+    """A paged model: any session with run(feeds) -> logits (OrtPagedSession, BucketedPagedSession, ...)."""
 
     def __init__(self, manifest: Manifest, session, options: BenchOptions, context_chunk: int):
         self.manifest, self.session, self.options = manifest, session, options

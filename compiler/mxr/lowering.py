@@ -20,14 +20,13 @@ only the graph. GroupQueryAttention nodes lose their trailing empty inputs
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 from onnxscript import optimizer
 
 from pagedc.errors import ModelError
+from pagedc.manifest import Bucket
 
 PHASES = ("prefill", "decode")
 FOLD_INPUT_LIMIT = 1 << 16      # elements; larger constant inputs are weights, never folded
@@ -36,19 +35,6 @@ MAX_FOLD_ROUNDS = 4
 
 class LoweringError(ModelError):
     """A model that cannot be given static shapes; the message names the input and what to do."""
-
-
-@dataclass(frozen=True)
-class Bucket:
-    """One static step shape: `batch` sequences of `seq_len` new tokens each."""
-
-    phase: str          # "prefill" | "decode"
-    batch: int
-    seq_len: int        # 1 for decode
-
-    @property
-    def name(self) -> str:
-        return f"{self.phase}_b{self.batch}" + (f"_s{self.seq_len}" if self.phase == "prefill" else "")
 
 
 def buckets_for(batches: tuple[int, ...], prefill_lens: tuple[int, ...]) -> list[Bucket]:

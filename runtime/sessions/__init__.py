@@ -1,6 +1,6 @@
 """Backend sessions: one per compiled directory, the one place the two backends differ.
 
-    open_session(manifest, directory, options) -> OrtPagedSession | MxrPagedSession
+    open_session(manifest, directory, options) -> OrtPagedSession | BucketedPagedSession (MIGraphX: load_mxr_session)
 
 Both take a step's feeds (`run(feeds) -> logits [B, S, V]`), own the pools,
 and apply block copies (`copy_blocks`). ONNX Runtime: one dynamic artifact,
@@ -17,10 +17,11 @@ from pathlib import Path
 
 from pagedc.errors import ManifestError, RequestError
 from pagedc.manifest import Manifest
-from pagedc.runtime.sessions.mxr import MxrPagedSession
+from pagedc.runtime.sessions.bucketed import BucketedPagedSession
+from pagedc.runtime.sessions.mxr import load_mxr_session
 from pagedc.runtime.sessions.ort import OrtPagedSession, SessionOptions
 
-__all__ = ["MxrPagedSession", "OrtPagedSession", "SessionOptions", "open_session"]
+__all__ = ["BucketedPagedSession", "OrtPagedSession", "SessionOptions", "load_mxr_session", "open_session"]
 
 
 def open_session(manifest: Manifest, directory: str | Path, options: SessionOptions = SessionOptions()):
@@ -32,6 +33,6 @@ def open_session(manifest: Manifest, directory: str | Path, options: SessionOpti
         if options != SessionOptions():
             raise RequestError(f"{directory}: SessionOptions {options} apply to ONNX Runtime artifacts; this "
                                "directory holds MIGraphX programs (compiled for their target), which take none")
-        return MxrPagedSession(manifest, directory)
+        return load_mxr_session(manifest, directory)
     raise ManifestError(f"{directory}: backend {manifest.backend!r} is not one this pagedc runs "
                         "(onnxruntime, migraphx); recompile with this pagedc")

@@ -21,61 +21,41 @@ and logits [2, 1, V] are sliced back to [1, 1, V].
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from pagedc.errors import RequestError
-from pagedc.manifest import Artifact
+from pagedc.manifest import Artifact, Bucket
 
 
 class BucketError(RequestError):
     """No artifact fits a step; the message lists the buckets and what to recompile with."""
 
 
-@dataclass(frozen=True, order=True)
-class StepShape:
-    batch: int          # B: sequences
-    seq_len: int        # S: new tokens per sequence
-    max_blocks: int     # MB: block_table columns
-
-    def fits(self, bucket: "StepShape") -> bool:
-        return self.batch <= bucket.batch and self.seq_len <= bucket.seq_len and self.max_blocks <= bucket.max_blocks
-
-    def __str__(self) -> str:
-        return f"[B={self.batch}, S={self.seq_len}, max_blocks={self.max_blocks}]"
-
-
-def step_shape(feeds: dict[str, np.ndarray]) -> StepShape:
-    """B, S from position_ids (or input_ids) [B, S]; MB from block_table's last dim."""
+def step_shape(feeds: dict[str, np.ndarray]) -> Bucket:
+    """The step's B, S from position_ids (or input_ids) [B, S]; MB from block_table's last dim."""
     tokens = feeds["position_ids"] if "position_ids" in feeds else feeds["input_ids"]
-    batch, seq_len = tokens.shape
-    return StepShape(int(batch), int(seq_len), int(feeds["block_table"].shape[-1]))
+    batch, seq_len = (int(d) for d in tokens.shape)
+    return Bucket("prefill" if seq_len > 1 else "decode", batch, seq_len, int(feeds["block_table"].shape[-1]))
 
 
-def bucket_shape(artifact: Artifact) -> StepShape:
-    tokens = artifact.inputs.get("position_ids") or artifact.inputs["input_ids"]
-    return StepShape(int(tokens[0]), int(tokens[1]), int(artifact.inputs["block_table"][-1]))
-
-
-def select_artifact(artifacts: tuple[Artifact, ...] | list[Artifact], step: StepShape) -> Artifact:
+def select_artifact(artifacts: tuple[Artifact, ...] | list[Artifact], step: Bucket) -> Artifact:
     """The artifact with the fewest token slots (then batch rows, then table columns) that `step` fits."""
-    fitting = [(_cost(bucket_shape(a)), a) for a in artifacts if step.fits(bucket_shape(a))]
+    fitting = [(_cost(a.bucket()), a) for a in artifacts if step.fits(a.bucket())]
     if not fitting:
-        have = ", ".join(f"{a.phase} {bucket_shape(a)}" for a in artifacts)
-        raise BucketError(f"no static bucket fits a step of {step}; the artifacts are: {have}. Split the step "
+        have = ", ".join(f"{a.phase} {a.bucket().shape_text()}" for a in artifacts)
+        raise BucketError(f"no static bucket fits a step of {step.shape_text()}; the artifacts are: {have}. Split the step "
                           "(fewer sequences or a shorter prefill chunk) or recompile with --batch / --prefill-len / "
                           "--max-context covering it")
     return min(fitting, key=lambda pair: pair[0])[1]
 
 
-def _cost(shape: StepShape) -> tuple[int, int, int]:
+def _cost(shape: Bucket) -> tuple[int, int, int]:
     return (shape.batch * shape.seq_len, shape.batch, shape.max_blocks)
 
 
 def pad_feeds(feeds: dict[str, np.ndarray], artifact: Artifact) -> dict[str, np.ndarray]:
     """Every feed the artifact takes, zero-padded to its static shape and cast to its dtype."""
-    step, bucket = step_shape(feeds), bucket_shape(artifact)
+    step, bucket = step_shape(feeds), artifact.bucket()
     padded = {}
     for name, array in feeds.items():
         if name not in artifact.inputs:
@@ -87,7 +67,7 @@ def pad_feeds(feeds: dict[str, np.ndarray], artifact: Artifact) -> dict[str, np.
     return padded
 
 
-def _pad_slots(slots: np.ndarray, step: StepShape, bucket: StepShape) -> np.ndarray:
+def _pad_slots(slots: np.ndarray, step: Bucket, bucket: Bucket) -> np.ndarray:
     """Lay the flat (b, s) slots out as [.., B, S], pad to [.., B', S'] with slot 0, flatten back."""
     rows = slots.reshape(*slots.shape[:-1], step.batch, step.seq_len)
     grid = np.zeros((*slots.shape[:-1], bucket.batch, bucket.seq_len), slots.dtype)
@@ -105,6 +85,6 @@ def _pad_zeros(array: np.ndarray, target: list[int], name: str) -> np.ndarray:
     return out
 
 
-def unpad_logits(logits: np.ndarray, step: StepShape) -> np.ndarray:
+def unpad_logits(logits: np.ndarray, step: Bucket) -> np.ndarray:
     """[B', S', V] of the bucket -> [B, S, V] of the step (a view)."""
     return logits[: step.batch, : step.seq_len]

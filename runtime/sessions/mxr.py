@@ -1,6 +1,6 @@
-"""MIGraphX session: the .mxr of each shape bucket, run as a BucketedPagedSession.
+"""MIGraphX loader: the .mxr of each shape bucket, as the runners of one BucketedPagedSession.
 
-    session = MxrPagedSession(Manifest.read("model.paged"), "model.paged")
+    session = load_mxr_session(Manifest.read("model.paged"), "model.paged")
     logits = session.run(step_feeds(steps, block_size))   # steps: PagedKVCacheManager.append results; [B, S, V]
 
 Loads every artifact with `migraphx.load(path, format="msgpack")`, checks its
@@ -24,19 +24,17 @@ from pagedc.runtime.sessions.mxr_program import MxrProgramError, load_program, p
 from pagedc.runtime.sessions.mxr_weights import ProgramWeights
 
 
-class MxrPagedSession(BucketedPagedSession):
-    """Runs steps of a `pagedc compile --target mxr` output; owns the pools (host NumPy arrays)."""
-
-    def __init__(self, manifest: Manifest, directory: str | Path):
-        if manifest.backend != "migraphx":
-            raise MxrProgramError(f"this session runs MIGraphX artifacts; the manifest is for {manifest.backend}")
-        if not manifest.backend_options.get("offload_copy", True):
-            raise MxrProgramError("the artifacts were compiled with --no-offload-copy (device buffers); this session "
-                                  "feeds host arrays: recompile with --offload-copy")
-        migraphx = import_migraphx()
-        weights = ProgramWeights.of(manifest, directory)     # one memory map, shared by every bucket
-        runners = {}
-        for artifact in manifest.artifacts:
-            program = load_program(migraphx, Path(directory) / artifact.path, artifact, weights)
-            runners[artifact.path] = program_runner(migraphx, program, weights)
-        super().__init__(manifest, runners)
+def load_mxr_session(manifest: Manifest, directory: str | Path) -> BucketedPagedSession:
+    """The session of a `pagedc compile --target mxr` output; it owns the pools (host NumPy arrays)."""
+    if manifest.backend != "migraphx":
+        raise MxrProgramError(f"this session runs MIGraphX artifacts; the manifest is for {manifest.backend}")
+    if not manifest.backend_options.get("offload_copy", True):
+        raise MxrProgramError("the artifacts were compiled with --no-offload-copy (device buffers); this session "
+                              "feeds host arrays: recompile with --offload-copy")
+    migraphx = import_migraphx()
+    weights = ProgramWeights.of(manifest, directory)     # one memory map, shared by every bucket
+    runners = {}
+    for artifact in manifest.artifacts:
+        program = load_program(migraphx, Path(directory) / artifact.path, artifact, weights)
+        runners[artifact.path] = program_runner(migraphx, program, weights)
+    return BucketedPagedSession(manifest, runners)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from pagedc.errors import ManifestError, RequestError
-from pagedc.manifest import Artifact, Manifest
+from pagedc.manifest import Artifact, Bucket, Manifest
 
 
 class StandardKVCache:
@@ -32,7 +32,7 @@ class StandardKVCache:
         self.present = {p: q for pasts, presents in zip(note["past"], note["present"]) for p, q in zip(pasts, presents)}
         self.batch: int | None = None                          # B': the bucket batch every step then uses
         decode = self._artifact("decode", batch, 1)
-        self.batch = int(decode.inputs["input_ids"][0])
+        self.batch = decode.bucket().batch
         self.buffers = {name: np.zeros(decode.inputs[name], decode.dtypes[name]) for name in self.present}
         self.num_tokens = np.zeros(self.batch, np.int64)       # [B'] tokens held per row
         self._lengths = np.zeros(self.batch, np.int64)          # [B'] tokens of the step being fed
@@ -44,7 +44,7 @@ class StandardKVCache:
         if not is_prefill and seq_len != 1:
             raise RequestError(f"standard decode artifacts take one token per sequence, got {seq_len}")
         artifact = self._artifact("prefill" if is_prefill else "decode", len(tokens), seq_len)
-        width = int(artifact.inputs["input_ids"][1])
+        width = artifact.bucket().seq_len
         input_ids = np.zeros((self.batch, width), np.int64)                    # [B', S]
         self._lengths[:] = 1                                                     # dummy rows: token 0
         for b, row in enumerate(tokens):
@@ -86,9 +86,9 @@ class StandardKVCache:
         return {"attention_mask": mask, "position_ids": position_ids, **self.buffers}
 
     def _artifact(self, phase: str, batch: int, seq_len: int) -> Artifact:
-        fitting = [a for a in self.artifacts if a.phase == phase and a.inputs["input_ids"][0] >= batch
-                   and a.inputs["input_ids"][1] >= seq_len and self.batch in (None, a.inputs["input_ids"][0])]
+        fitting = [a for a in self.artifacts if a.phase == phase and Bucket(phase, batch, seq_len).fits(a.bucket())
+                   and self.batch in (None, a.bucket().batch)]
         if not fitting:
             raise RequestError(f"no standard {phase} artifact takes {batch} sequence(s) x {seq_len} token(s); "
                              "recompile with --batch / --prefill-len covering it")
-        return min(fitting, key=lambda a: (a.inputs["input_ids"][0] * a.inputs["input_ids"][1]))
+        return min(fitting, key=lambda a: a.bucket().batch * a.bucket().seq_len)

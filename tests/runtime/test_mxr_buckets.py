@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from pagedc.manifest import Artifact
-from pagedc.runtime.sessions.buckets import BucketError, StepShape, pad_feeds, select_artifact, step_shape, unpad_logits
+from pagedc.manifest import Bucket
+from pagedc.runtime.sessions.buckets import BucketError, pad_feeds, select_artifact, step_shape, unpad_logits
 from pagedc.runtime.feeds import SequenceStep, step_feeds
 
 I32, I64 = "int32", "int64"
@@ -61,7 +62,7 @@ def test_padding_never_emits_a_negative_index():
 def test_the_smallest_fitting_bucket_is_chosen():
     artifacts = [_artifact("prefill", 4, 64, 8), _artifact("prefill", 1, 64, 8), _artifact("decode", 4, 1, 8),
                  _artifact("decode", 1, 1, 8), _artifact("prefill", 1, 16, 8)]
-    pick = lambda b, s: select_artifact(artifacts, StepShape(b, s, 3)).path
+    pick = lambda b, s: select_artifact(artifacts, Bucket("decode" if s == 1 else "prefill", b, s, 3)).path
     assert pick(1, 1) == "decode_b1_s1.mxr"
     assert pick(3, 1) == "decode_b4_s1.mxr"
     assert pick(1, 9) == "prefill_b1_s16.mxr"
@@ -72,15 +73,15 @@ def test_a_step_no_bucket_fits_says_what_to_do():
     artifacts = [_artifact("prefill", 1, 16, 8), _artifact("decode", 1, 1, 8)]
     with pytest.raises(BucketError, match=r"no static bucket fits a step of \[B=1, S=17, max_blocks=2\]; "
                                           r"the artifacts are: prefill \[B=1, S=16, max_blocks=8\]"):
-        select_artifact(artifacts, StepShape(1, 17, 2))
+        select_artifact(artifacts, Bucket("prefill", 1, 17, 2))
     with pytest.raises(BucketError, match="--max-context"):
-        select_artifact(artifacts, StepShape(1, 1, 9))
+        select_artifact(artifacts, Bucket("decode", 1, 1, 9))
 
 
 def test_step_shape_and_unpad():
     feeds = step_feeds([SequenceStep([7, 2], [4, 5]), SequenceStep([3], [0])], block_size=4)
     step = step_shape(feeds)
-    assert step == StepShape(2, 2, 2)
+    assert step == Bucket("prefill", 2, 2, 2)
     logits = np.arange(4 * 8 * 3).reshape(4, 8, 3)
     assert unpad_logits(logits, step).shape == (2, 2, 3)
     np.testing.assert_array_equal(unpad_logits(logits, step), logits[:2, :2])

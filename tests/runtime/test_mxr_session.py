@@ -14,7 +14,7 @@ from pagedc.runtime.sessions.bucketed import BucketedPagedSession
 from pagedc.runtime.feeds import SequenceStep, step_feeds
 from pagedc.runtime.sessions.migraphx_import import MigraphxUnavailable, is_migraphx_available
 from pagedc.runtime.sessions.mxr_program import MxrProgramError, parameter_problems
-from pagedc.runtime.sessions.mxr import MxrPagedSession
+from pagedc.runtime.sessions.mxr import load_mxr_session
 from tests.paged_harness import DenseRunner
 
 ARTIFACT = Artifact("decode_b1.mxr", "decode", {"input_ids": [1, 1], "key_cache.0": [8, 2, 4, 16]},
@@ -47,15 +47,15 @@ def test_parameter_differences_are_each_named():
 
 def test_session_refuses_other_backends_and_device_buffers():
     with pytest.raises(MxrProgramError, match="the manifest is for onnxruntime"):
-        MxrPagedSession(_manifest(backend="onnxruntime"), ".")
+        load_mxr_session(_manifest(backend="onnxruntime"), ".")
     with pytest.raises(MxrProgramError, match="--no-offload-copy .* recompile with --offload-copy"):
-        MxrPagedSession(_manifest(backend_options={"offload_copy": False}), ".")
+        load_mxr_session(_manifest(backend_options={"offload_copy": False}), ".")
 
 
 @pytest.mark.skipif(is_migraphx_available(), reason="MIGraphX is installed here")
 def test_without_migraphx_the_session_says_what_to_install():
     with pytest.raises(MigraphxUnavailable, match="PYTHONPATH=/opt/rocm/lib"):
-        MxrPagedSession(_manifest(), ".")
+        load_mxr_session(_manifest(), ".")
 
 
 def test_bucketed_session_needs_the_outputs_recorded():
@@ -70,7 +70,7 @@ def test_mxr_session_matches_the_dense_model(dense_model, tmp_path):
     options = CompileOptions(target="mxr", device="ref", block_size=4, num_blocks=32, prefill_lens=(8,),
                              batches=(1,), max_context=16)
     manifest = compile_model(dense, tmp_path / "out", options, progress=lambda _: None)
-    session = MxrPagedSession(manifest, tmp_path / "out")
+    session = load_mxr_session(manifest, tmp_path / "out")
     prompt, blocks = [5, 17, 3, 9, 60], [3, 1, 7, 2]     # shuffled, non-contiguous
     got = []
     for positions, tokens in [(list(range(5)), prompt), ([5], [11]), ([6], [12])]:
