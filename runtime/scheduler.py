@@ -34,19 +34,22 @@ class SchedulerStalled(PagedcError, RuntimeError):
 
 @dataclass
 class ScheduledStep:
-    """One step: what each scheduled request computes, and the block copies to apply before it runs."""
+    """One step: what each scheduled request computes, and the block copies to apply before it runs.
 
-    work: list[tuple[Request, SequenceStep]] = field(default_factory=list)   # request, its part of the step
-    block_copies: list[tuple[int, int]] = field(default_factory=list)       # (src, dst) copy-on-write copies
+    Decodes and prompt chunks are kept apart as they are scheduled: they run as two session runs, so
+    one long chunk does not pad every decode row (and the budget check needs no pass over the step).
+    """
 
-    @property
-    def decodes(self) -> list[tuple[Request, SequenceStep]]:
-        return [(r, s) for r, s in self.work if len(s.positions) == 1]
+    decodes: list[tuple[Request, SequenceStep]] = field(default_factory=list)    # one new token each
+    prefills: list[tuple[Request, SequenceStep]] = field(default_factory=list)   # prompt chunks
+    block_copies: list[tuple[int, int]] = field(default_factory=list)            # (src, dst) copy-on-write copies
 
-    @property
-    def prefills(self) -> list[tuple[Request, SequenceStep]]:
-        """Prompt chunks; run apart from the decodes, so one long chunk does not pad every decode row."""
-        return [(r, s) for r, s in self.work if len(s.positions) > 1]
+    def add(self, request: Request, seq_step: SequenceStep) -> None:
+        (self.decodes if len(seq_step.positions) == 1 else self.prefills).append((request, seq_step))
+
+    def drop(self, request: Request) -> None:
+        self.decodes = [(r, s) for r, s in self.decodes if r is not request]
+        self.prefills = [(r, s) for r, s in self.prefills if r is not request]
 
 
 class Scheduler:
@@ -82,7 +85,7 @@ class Scheduler:
         while self.waiting and self._has_room(self.waiting[0]) and self._chunk(step) > 0:
             if not self._admit(self.waiting[0], self._chunk(step), step):
                 break
-        if not step.work and self.has_work():
+        if not (step.decodes or step.prefills) and self.has_work():
             raise SchedulerStalled(self._stall_reason())
         step.block_copies = self.manager.take_copies()
         return step
@@ -106,8 +109,8 @@ class Scheduler:
 
     def _cost(self, step: ScheduledStep) -> int:
         """Token slots the step computes: one per decode, and the prefill run padded to its longest chunk."""
-        widths = [len(s.positions) for _, s in step.prefills]
-        return len(step.decodes) + len(widths) * max(widths, default=0)
+        width = max((len(s.positions) for _, s in step.prefills), default=0)
+        return len(step.decodes) + len(step.prefills) * width
 
     def _chunk(self, step: ScheduledStep) -> int:
         """Prefill tokens one more request may take this step (0 once the prefill run is full).
@@ -144,7 +147,7 @@ class Scheduler:
             self._preempt(victim, step)
             if victim is request:
                 return False
-        step.work.append((request, self.manager.append(request.request_id, len(tokens), tokens)))
+        step.add(request, self.manager.append(request.request_id, len(tokens), tokens))
         return True
 
     def _admit(self, request: Request, budget: int, step: ScheduledStep) -> bool:
@@ -160,14 +163,14 @@ class Scheduler:
         self.waiting.popleft()
         request.status = Status.RUNNING
         self.running.append(request)
-        step.work.append((request, self.manager.append(request.request_id, len(tokens), tokens)))
+        step.add(request, self.manager.append(request.request_id, len(tokens), tokens))
         return True
 
     def _preempt(self, request: Request, step: ScheduledStep) -> None:
         """Free a running request's blocks; it goes back to the front of the queue to be recomputed."""
         self.running.remove(request)
         self.manager.free(request.request_id)
-        step.work = [(r, t) for r, t in step.work if r is not request]
+        step.drop(request)
         request.status, request.num_computed = Status.WAITING, 0
         request.num_preemptions += 1
         self.num_preemptions += 1
