@@ -9,7 +9,8 @@ Each step (the shape of vLLM v1's and nano-vllm's schedulers):
    (counting each request's n samples) and the `max_num_batched_tokens`
    budget allow — the budget counts the token slots the step computes, the
    prefill run padded to its longest chunk (`_chunk`);
-   a prompt longer than what is left is prefilled in chunks across steps;
+   a prompt longer than what is left, or than `max_prefill_len` (the
+   per-request chunk cap), is prefilled in chunks across steps;
    prefix-cached blocks are taken at admission and not recomputed.
 Slots are reserved (manager.append) here, so a scheduled step never runs out,
 and the step comes out as data: per batch the requests and their
@@ -55,7 +56,8 @@ class ScheduledStep:
 class Scheduler:
     def __init__(self, manager: PagedKVCacheManager, max_num_seqs: int, max_num_batched_tokens: int,
                  max_prefill_seqs: int | None = None, max_prefill_len: int | None = None):
-        """max_prefill_seqs / max_prefill_len: the largest prefill run the artifacts take (static buckets)."""
+        """max_prefill_seqs / max_prefill_len: the largest prefill run [rows, tokens per row] a step may have
+        (EngineOptions.max_prefill_chunk, capped by the static buckets' shapes)."""
         self.manager = manager
         self.max_num_seqs, self.max_num_batched_tokens = max_num_seqs, max_num_batched_tokens
         self.max_prefill_seqs = max_prefill_seqs or max_num_seqs

@@ -24,12 +24,15 @@ from pagedc.runtime.sessions.mxr_program import MxrProgramError
               help="Requests running at once.")
 @click.option("--max-num-batched-tokens", type=click.IntRange(min=1), default=EngineOptions.max_num_batched_tokens,
               show_default=True, help="Tokens computed per engine step (decodes + prefill chunks).")
+@click.option("--max-prefill-chunk", type=click.IntRange(min=1), default=EngineOptions.max_prefill_chunk,
+              show_default=True, help="Prompt tokens one request computes per step; longer prompts continue "
+                                      "over the next steps (chunked prefill).")
 @click.option("--chat-template", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="A jinja2 chat template to use instead of the model's.")
 @click.option("--shutdown-timeout", type=click.FloatRange(min=0), default=10.0, show_default=True,
               help="Seconds in-flight requests may take to finish after SIGINT/SIGTERM before they are aborted.")
 def serve_command(model: Path, host, port, api_key, served_model_name, max_num_seqs, max_num_batched_tokens,
-                  chat_template, shutdown_timeout) -> None:
+                  max_prefill_chunk, chat_template, shutdown_timeout) -> None:
     """Serve MODEL (a `pagedc compile` output directory) over OpenAI's HTTP API.
 
     Routes: POST /v1/completions, POST /v1/chat/completions (streaming or not),
@@ -51,7 +54,8 @@ def serve_command(model: Path, host, port, api_key, served_model_name, max_num_s
         raise click.UsageError(f"`pagedc serve` needs the serve extra ({err.name} is missing): "
                                "pip install 'pagedc[serve]'") from None
     options = ServeOptions(host, port, api_key, served_model_name,
-                           EngineOptions(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens),
+                           EngineOptions(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
+                                         max_prefill_chunk=max_prefill_chunk),
                            chat_template, shutdown_timeout)
     try:
         serve(model, options, lambda message: click.echo(f"pagedc serve: {message}", err=True))

@@ -140,6 +140,7 @@ def test_aborting_a_sample_before_its_fork(engine):
     ({"max_num_seqs": 0}, "EngineOptions.max_num_seqs must be an int >= 1, got 0"),
     ({"max_num_batched_tokens": "2"}, "EngineOptions.max_num_batched_tokens must be an int >= 1, got str '2'"),
     ({"enable_prefix_caching": 1}, "EngineOptions.enable_prefix_caching must be True or False, got int 1"),
+    ({"max_prefill_chunk": 0}, "EngineOptions.max_prefill_chunk must be an int >= 1, got 0"),
 ])
 def test_engine_options_are_checked_when_made(kwargs, message):
     with pytest.raises(RequestError) as info:

@@ -80,6 +80,20 @@ def test_chunked_prefill_under_a_small_token_budget_changes_no_output(compiled):
     assert _run_all(_engine(path, max_num_batched_tokens=7), PROMPTS) == _run_all(_engine(path), PROMPTS)
 
 
+def test_prefill_chunks_are_capped_per_request_and_change_no_output(compiled):
+    """max_prefill_chunk splits a prompt into chunks of at most that many tokens, whatever the budget allows."""
+    path = compiled()
+    prompt = PROMPTS[0]                                                               # 24 tokens
+    runs = {}
+    for cap in (5, 512):
+        engine = _engine(path, max_prefill_chunk=cap, enable_prefix_caching=False)
+        runs[cap] = engine.generate([prompt], 6)
+        assert engine.times.prefill.num_tokens == len(prompt)
+        assert engine.times.prefill.num_steps == -(-len(prompt) // cap)                # 5 chunks (5+5+5+5+4), or one
+    assert runs[5] == runs[512]
+    assert _run_all(_engine(path, max_prefill_chunk=5), PROMPTS) == _run_all(_engine(path), PROMPTS)
+
+
 def test_n_samples_share_the_prompt_blocks_and_equal_independent_runs(compiled):
     path = compiled()
     engine = _engine(path, enable_prefix_caching=False)
