@@ -85,8 +85,7 @@ def profile_paged(directory: Path, threads: int, prompts: np.ndarray, new_tokens
 
     with _profiling_session_options(str(work / "pagedc_profile")):
         session = OrtPagedSession(Manifest.read(directory), directory, SessionOptions(intra_op_threads=threads))
-    side = PagedEngine("pagedc", directory, threads, max_batched_tokens=max(2048, prompts.size),
-                       prefix_caching=False, session=session)
+    side = PagedEngine("pagedc", directory, threads, prefix_caching=False, session=session)
     side.generate(prompts, new_tokens)
     path = session.session.end_profiling()
     if not path:

@@ -30,11 +30,9 @@ def run_benchmark(args, work: Path, progress) -> dict:
     overlay = genai_overlay(args.threads, max(max_length, 640), engine_batch=args.genai_engine_batch)
     model = load_genai(work / "genai", overlay)
     sides = [GenaiGenerator("genai", model),
-             PagedEngine("pagedc", work / "paged", args.threads, max(2048, max(args.batches) * max(args.prompts)),
-                         prefix_caching=False)]
+             PagedEngine("pagedc", work / "paged", args.threads, prefix_caching=False)]
     if args.optimum:
-        sides.append(PagedEngine("pagedc optimum", work / "paged-optimum", args.threads,
-                                 max(2048, max(args.batches) * max(args.prompts)), prefix_caching=False))
+        sides.append(PagedEngine("pagedc optimum", work / "paged-optimum", args.threads, prefix_caching=False))
     results = {"shape": shape.describe(), "params": params, "threads": args.threads, "num_blocks": num_blocks}
     results["decode"] = run_decode_cases(args, sides, np.random.default_rng(0), progress)
     del sides[1:]                                   # free the pools before the mixed workload's engine
@@ -42,7 +40,7 @@ def run_benchmark(args, work: Path, progress) -> dict:
         engine = GenaiEngine("genai Engine", model)
         results["genai_engine_batch"] = og.Engine(model).get_capabilities().configured_max_batch_size
         mixed_sides = [engine, GenaiGenerator("genai Generator", model),
-                       PagedEngine("pagedc", work / "paged", args.threads, 2048, prefix_caching=True)]
+                       PagedEngine("pagedc", work / "paged", args.threads, prefix_caching=True)]
         results["mixed"] = run_mixed(args, mixed_sides, progress)
         del mixed_sides
     if args.profile:

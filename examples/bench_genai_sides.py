@@ -128,11 +128,11 @@ class GenaiEngine:
 class PagedEngine:
     """pagedc's Engine over a compiled model, stepped by hand so each step can be timed."""
 
-    def __init__(self, name: str, directory: Path, threads: int, max_batched_tokens: int,
-                 prefix_caching: bool, session=None):
+    def __init__(self, name: str, directory: Path, threads: int, prefix_caching: bool, session=None):
+        """The engine as a user gets it (EngineOptions' defaults: 2048 tokens per step, prompt chunks of at
+        most 512 per request), with 64 requests at once and prefix caching as asked."""
         self.name = name
-        options = EngineOptions(max_num_seqs=64, max_num_batched_tokens=max_batched_tokens,
-                                enable_prefix_caching=prefix_caching)
+        options = EngineOptions(max_num_seqs=64, enable_prefix_caching=prefix_caching)
         if session is None:
             self.engine = Engine.from_manifest(directory, SessionOptions(intra_op_threads=threads), options)
         else:
