@@ -130,7 +130,7 @@ class PagedEngine:
 
     def __init__(self, name: str, directory: Path, threads: int, prefix_caching: bool, session=None):
         """The engine as a user gets it (EngineOptions' defaults: 2048 tokens per step, prompt chunks of at
-        most 512 per request), with 64 requests at once and prefix caching as asked."""
+        most 256 per request), with 64 requests at once and prefix caching as asked."""
         self.name = name
         options = EngineOptions(max_num_seqs=64, enable_prefix_caching=prefix_caching)
         if session is None:

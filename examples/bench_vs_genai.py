@@ -16,7 +16,7 @@ then, with the same intra-op thread count on both sides (--threads):
    Generator vs pagedc's Engine, sides alternating round by round; medians;
    greedy token agreement (rows identical to genai's); pagedc's Engine runs
    with its default options (2048 tokens per step, prompt chunks of at most
-   512 per request), genai's Generator prefills the whole prompt at once;
+   256 per request), genai's Generator prefills the whole prompt at once;
 2. a mixed workload (prompts 32-512, outputs 32-128, half sharing a 256-token
    prefix, all arriving at once): output tok/s of pagedc's Engine (prefix
    caching on), genai's Engine (on CPU its static-batching path: dynamic
