@@ -15,7 +15,7 @@ NOTE: the last real token of a row is the first maximum of its position_ids.
 Under the paged ABI a row's new tokens have strictly increasing positions and
 padding positions are 0 (pagedc.runtime.feeds.step_feeds; the static buckets
 pad with 0 too), and ArgMax returns the first maximum (select_last_index 0):
-    positions [4, 5, 6, 0] -> 2      [7, 0, 0, 0] -> 0 (a decode row)
+    positions [4, 5, 6, 0] -> 2      [7, 0, 0, 0] -> 0 (a one-token row: a decode, a last prompt chunk)
     [0, 0, 0, 0] (a padding row) -> 0, whose output is ignored.
 A row's token count is not an input, and positions are, so this needs no new ABI input.
 
@@ -36,7 +36,7 @@ import onnx_ir as ir
 
 from pagedc.passes.paged_builder import PagedBuilder
 
-LOGITS = "logits"
+LOGITS_OUTPUT = "logits"
 UNARY_OPS = frozenset({"Cast", "Identity", "Tanh"})
 CONSTANT_OPERAND = {"Add": (0, 1), "Mul": (0, 1), "Div": (1,)}   # where the per-vocabulary constant may be
 MAX_CHAIN = 8
@@ -77,11 +77,11 @@ def keep_last_logits(builder: PagedBuilder) -> LogitsResult:
 
 def find_lm_head(graph: ir.Graph) -> LmHead | str:
     """The lm_head MatMul and the per-vocabulary ops after it, or why it was not found with certainty."""
-    logits = next((v for v in graph.outputs if v.name == LOGITS), None)
+    logits = next((v for v in graph.outputs if v.name == LOGITS_OUTPUT), None)
     if logits is None:
-        return f"the graph has no '{LOGITS}' output"
+        return f"the graph has no '{LOGITS_OUTPUT}' output"
     if list(logits.uses()):
-        return f"'{LOGITS}' is also read inside the graph (by {_users(logits)})"
+        return f"'{LOGITS_OUTPUT}' is also read inside the graph (by {_users(logits)})"
     chain: list[ir.Node] = []
     value = logits
     for _ in range(MAX_CHAIN):
@@ -89,7 +89,7 @@ def find_lm_head(graph: ir.Graph) -> LmHead | str:
         if node is None:
             return f"'{value.name}' is a graph input or constant, not computed by an lm_head MatMul"
         if node.domain not in ("", "ai.onnx"):
-            return f"{node.domain}::{node.op_type} '{node.name}' before '{LOGITS}' is not an op pagedc knows"
+            return f"{node.domain}::{node.op_type} '{node.name}' before '{LOGITS_OUTPUT}' is not an op pagedc knows"
         if node.op_type == "Gemm":
             return (f"the lm_head is Gemm '{node.name}', whose activations are 2-D [B*S, hidden]: "
                     "the rows of a sequence cannot be told apart with certainty")
@@ -101,7 +101,7 @@ def find_lm_head(graph: ir.Graph) -> LmHead | str:
         if value.is_graph_output() or len(list(value.uses())) != 1:
             return f"'{value.name}' (input of {node.op_type} '{node.name}') is also used elsewhere"
         chain.insert(0, node)
-    return f"no MatMul within {MAX_CHAIN} ops above '{LOGITS}'"
+    return f"no MatMul within {MAX_CHAIN} ops above '{LOGITS_OUTPUT}'"
 
 
 def _chain_input(node: ir.Node) -> ir.Value | str:
@@ -109,7 +109,7 @@ def _chain_input(node: ir.Node) -> ir.Value | str:
     if node.op_type in UNARY_OPS:
         return node.inputs[0]
     if node.op_type not in CONSTANT_OPERAND or len(node.inputs) != 2 or None in node.inputs:
-        return (f"{node.op_type} '{node.name}' between the lm_head and '{LOGITS}' is not an op pagedc knows "
+        return (f"{node.op_type} '{node.name}' between the lm_head and '{LOGITS_OUTPUT}' is not an op pagedc knows "
                 "to act on each token alike (Cast, Identity, Tanh, Add/Mul/Div by a constant)")
     for index in CONSTANT_OPERAND[node.op_type]:
         tensor = ir.convenience.get_const_tensor(node.inputs[index])
@@ -125,14 +125,16 @@ def _check_matmul(matmul: ir.Node, chain: list[ir.Node], logits: ir.Value) -> Lm
     x, weight = matmul.inputs
     is_constant = weight.is_initializer() or weight.const_value is not None
     if not is_constant or weight.shape is None or len(weight.shape) != 2:
-        return f"MatMul '{matmul.name}' before '{LOGITS}' does not take a 2-D weight initializer as its second input"
+        return (f"MatMul '{matmul.name}' before '{LOGITS_OUTPUT}' does not take a 2-D weight initializer as its "
+                "second input")
     out = matmul.outputs[0]
     if out is not logits and (out.is_graph_output() or len(list(out.uses())) != 1):
         return f"the output of MatMul '{matmul.name}' is also used elsewhere"
     # NOTE: W is 2-D and the chain's constants are scalars or [V], so x has the rank of `logits`.
     shape = x.shape if x.shape is not None else logits.shape
     if shape is None:
-        return f"the rank of MatMul '{matmul.name}''s activations is unknown (no shapes on them or on '{LOGITS}')"
+        return (f"the rank of MatMul '{matmul.name}''s activations is unknown (no shapes on them or on "
+                f"'{LOGITS_OUTPUT}')")
     if len(shape) != 3:
         return (f"MatMul '{matmul.name}''s activations are rank {len(shape)}, not [B, S, hidden]: the rows of a "
                 "sequence cannot be told apart with certainty")
