@@ -15,8 +15,12 @@ outputs of each in the order the program returns them; `max_context` bounds
 the tokens one sequence may span (max_blocks = ceil(max_context / block_size)).
 `--emit-standard` adds `standard_artifacts` (the dense model at static shapes)
 and, in `standard`, how to feed their KV inputs (see pagedc.mxr.standard).
+`logits` says what the `logits` output holds: "all" ([B, S, V], every new
+token) or "last" ([B, 1, V], each row's last new token only: `pagedc compile
+--logits last`, what generation samples from).
 NOTE: these fields are optional with empty defaults, so version-1 manifests
-written before them still load; format_version stays 1.
+written before them still load ("logits" then reads as "all", what every
+compile wrote before it); format_version stays 1.
 """
 
 from __future__ import annotations
@@ -104,6 +108,7 @@ class Manifest:
     backend_options: dict = field(default_factory=dict)   # e.g. MIGraphX {"offload_copy": true, "fp16": false}
     standard_artifacts: tuple[Artifact, ...] = ()         # the dense model at static shapes (--emit-standard)
     standard: dict = field(default_factory=dict)          # how standard_artifacts take their KV inputs
+    logits: str = "all"          # "all": logits [B, S, V] of every new token; "last": [B, 1, V], each row's last
     format_version: int = FORMAT_VERSION
 
     def write(self, directory: Path) -> Path:

@@ -22,6 +22,7 @@ BACKENDS = ("onnxruntime", "migraphx")
 LAYOUTS = ("separate", "combined")
 PHASES = ("any", "prefill", "decode")
 KV_DTYPES = ("float32", "float16", "bfloat16", "float64")
+LOGITS = ("last", "all")   # what the `logits` output holds: each row's last new token, or every new token
 _OPTIONAL_INTS = {"vocab_size": 1, "max_context": 1, "max_position": 1}   # None, or an int >= the value
 _INTS = {"num_layers": 1, "num_heads": 1, "num_kv_heads": 1, "head_dim": 1, "block_size": 1, "num_blocks": 2}
 _STRINGS = ("target", "source_model", "source_sha256")
@@ -54,6 +55,8 @@ def _check_scalars(data: dict, path: Path) -> None:
     _choice(data, "backend", BACKENDS, path)
     _choice(data, "layout", LAYOUTS, path)
     _choice(data, "kv_dtype", KV_DTYPES, path)
+    if "logits" in data:
+        _choice(data, "logits", LOGITS, path)
     for name, minimum in _INTS.items():
         _int(data[name], name, minimum, path)
     for name, minimum in _OPTIONAL_INTS.items():

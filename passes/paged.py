@@ -1,8 +1,9 @@
 """`rewrite_to_paged`: turn every dense-KV attention layer into paged attention (DESIGN.md §3).
 
 Steps: detect sites -> refuse anything not pageable (naming each layer) ->
-add the paged inputs -> rewrite each layer onto its pool(s) -> drop the dense
-KV inputs/outputs and attention_mask -> remove dead nodes -> check the
+add the paged inputs -> rewrite each layer onto its pool(s) -> [last_logits:
+the lm_head over each row's last new token only (last_logits.py)] -> drop the
+dense KV inputs/outputs and attention_mask -> remove dead nodes -> check the
 postcondition (no dense KV left, every pool written in place).
 
 Pool names, per layer i: separate `key_cache.{i}` / `value_cache.{i}` (outputs
@@ -19,6 +20,7 @@ import onnx_ir.passes.common as common_passes
 
 from pagedc.errors import ModelError
 from pagedc.passes.detect import find_attention_sites
+from pagedc.passes.last_logits import keep_last_logits
 from pagedc.passes.paged_builder import PagedBuilder
 from pagedc.passes.rewrite_attention import check_attention, rewrite_attention
 from pagedc.passes.rewrite_decomposed import check_decomposed, rewrite_decomposed
@@ -79,14 +81,20 @@ class RewriteReport:
     block_size: int = 0
     layout: str = "separate"
     added_position_ids: bool = False
+    logits: str = "all"          # "last": logits [B, 1, V] of each row's last new token; "all": [B, S, V]
+    logits_reason: str = ""      # with last_logits asked for: why logits stay "all"
 
 
 def rewrite_to_paged(model: ir.Model, *, block_size: int = 16, layout: str = "separate",
-                     num_blocks: int | None = None, fuse_rotary: bool = False) -> tuple[ir.Model, RewriteReport]:
+                     num_blocks: int | None = None, fuse_rotary: bool = False,
+                     last_logits: bool = False) -> tuple[ir.Model, RewriteReport]:
     """Rewrite `model` in place; `num_blocks` fixes the pools' first dim (None keeps it symbolic).
 
     fuse_rotary: rotary that pagedc builds itself (form B) uses com.microsoft.RotaryEmbedding, one op
     per Q and K; for ONNX Runtime targets. Off, it is built from plain ops (MIGraphX lowering).
+    last_logits: the lm_head runs on each row's last new token only, logits [B, 1, V] (report.logits
+    "last"); where the lm_head is not found with certainty logits stay [B, S, V] and
+    report.logits_reason says why. Off, logits are [B, S, V].
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
@@ -108,6 +116,9 @@ def rewrite_to_paged(model: ir.Model, *, block_size: int = 16, layout: str = "se
         _name_pool_outputs(graph, outs, names, pools[0])
         report.pools.append(names)
         report.forms[site.form] = report.forms.get(site.form, 0) + 1
+    if last_logits:
+        result = keep_last_logits(builder)
+        report.logits, report.logits_reason = result.logits, result.reason
     report.rules.update(builder.rule_counts)
     passed_through = _remove_cache_passthroughs(graph)
     _cleanup(model)

@@ -142,14 +142,15 @@ class Engine:
         start = time.perf_counter()
         feeds = step_feeds([s for _, s in work], self.manifest.block_size, layout=self.manifest.layout)
         run_start = time.perf_counter()
-        logits = self.session.run(feeds)                                           # [B, S, V]
+        logits = self.session.run(feeds)               # [B, S, V]; manifest logits "last": [B, 1, V], the last token
         run_s = time.perf_counter() - run_start
+        is_last_only = self.manifest.logits == "last"
         events = []
         for b, (request, seq_step) in enumerate(work):
             num_new = len(seq_step.positions)
             request.num_computed += num_new
             if request.num_computed == len(request.all_tokens):                    # prompt done or a decode
-                events += self._sample(request, logits[b, num_new - 1])
+                events += self._sample(request, logits[b, 0 if is_last_only else num_new - 1])
         phase.num_steps += 1
         phase.num_tokens += sum(len(s.positions) for _, s in work)
         phase.run_s += run_s

@@ -51,13 +51,23 @@ class ModelKind:
         return self.kind != STANDARD
 
     @property
+    def logits(self) -> str:
+        """"last": a paged model compiled with --logits last (its prefill runs the lm_head on one token per
+        sequence, a dense model on every token); else "all"."""
+        return self.manifest.logits if self.is_paged and self.manifest is not None else "all"
+
+    @property
+    def logits_note(self) -> str:
+        return ", logits of the last new token only" if self.logits == "last" else ""
+
+    @property
     def title(self) -> str:
         shapes = f"{len(self.buckets)} static bucket(s)" if self.buckets else "dynamic shapes"
-        return f"{TITLES[self.kind]}, {self.backend}, {shapes}"
+        return f"{TITLES[self.kind]}, {self.backend}, {shapes}{self.logits_note}"
 
     def to_dict(self) -> dict:
         return {"path": str(self.path), "kind": self.kind, "backend": self.backend, "buckets": list(self.buckets),
-                "max_positions": self.max_positions}
+                "max_positions": self.max_positions, "logits": self.logits}
 
 
 def kind_from_inputs(shapes: dict[str, list]) -> str:

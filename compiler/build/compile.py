@@ -1,6 +1,7 @@
 """The compile driver: dense model.onnx -> OUT/{model.onnx + model.onnx.data | <bucket>.mxr ..., manifest.json}.
 
-    load (graph only) -> rewrite_to_paged -> size the pools
+    load (graph only) -> rewrite_to_paged (lm_head on each row's last new token
+    unless --logits all) -> size the pools
     [mxr: lower + check every bucket -> import migraphx] -> write into a
     staging directory -> rename it to OUT
 
@@ -26,6 +27,7 @@ import onnx_ir as ir
 
 from pagedc.errors import RequestError
 from pagedc.manifest import Artifact, LayerPools, Manifest, bytes_per_block
+from pagedc.manifest_schema import LOGITS
 from pagedc.build.max_position import max_position
 from pagedc.model_file import external_data_files, file_sha256, load_model
 from pagedc.mxr.compile import MxrPlan, plan_mxr, write_mxr
@@ -57,6 +59,7 @@ class CompileOptions:
     kv_memory: int = DEFAULT_KV_MEMORY  # bytes for all pools together
     target: str = "onnx"               # "onnx" | "mxr" | "auto" (the CLI's default)
     overwrite: bool = False
+    logits: str = "last"               # "last": lm_head on each row's last new token ([B, 1, V]); "all": [B, S, V]
     # MIGraphX (target mxr) only:
     device: str = "gpu"                # migraphx.get_target(device): "gpu" | "ref" | "cpu"
     prefill_lens: tuple[int, ...] = (512,)   # one prefill bucket [B, S] per batch and length
@@ -65,6 +68,10 @@ class CompileOptions:
     fp16: bool = False                 # migraphx.quantize_fp16 before compiling
     offload_copy: bool = True          # program takes and returns host buffers
     emit_standard: bool = False        # also standard_*.mxr: the dense model at the same buckets
+
+    def __post_init__(self) -> None:
+        if self.logits not in LOGITS:
+            raise CompileError(f"CompileOptions.logits must be one of {LOGITS}, got {self.logits!r}")
 
 
 def compile_model(source: Path, out_dir: Path, options: CompileOptions,
@@ -76,8 +83,9 @@ def compile_model(source: Path, out_dir: Path, options: CompileOptions,
     check_output(out_dir, source, external_data_files(model, source), options.overwrite)
     progress("rewriting attention layers to paged attention")
     model, report = rewrite_to_paged(model, block_size=options.block_size, layout=options.layout,
-                                     fuse_rotary=target == "onnx")
+                                     fuse_rotary=target == "onnx", last_logits=options.logits == "last")
     progress(f"rewrote {report.num_layers} layer(s): {_rewrite_summary(report)}")
+    progress(_logits_summary(report, options))
     num_blocks = _num_blocks(report, options)
     plan = plan_mxr(source, model, num_blocks, options, progress) if target == "mxr" else None
     if target == "mxr":
@@ -112,6 +120,14 @@ def _rewrite_summary(report: RewriteReport) -> str:
     forms = ", ".join(f"{n} {form}" for form, n in report.forms.items())
     rules = ", ".join(f"{rule} on {n} layer(s)" for rule, n in report.rules.items())
     return forms + (f"; rules applied: {rules}" if rules else "")
+
+
+def _logits_summary(report: RewriteReport, options: CompileOptions) -> str:
+    if report.logits == "last":
+        return "logits: each row's last new token only, [B, 1, V] (--logits all: every new token)"
+    if options.logits == "all":
+        return "logits: every new token, [B, S, V] (--logits all)"
+    return f"logits stay per token, [B, S, V]: the lm_head was not found with certainty ({report.logits_reason})"
 
 
 def resolve_target(options: CompileOptions, progress: Callable[[str], None]) -> str:
@@ -177,7 +193,7 @@ def _manifest(source: Path, model: ir.Model, report: RewriteReport, num_blocks: 
         pools=tuple(LayerPools(p.layer, p.inputs, p.outputs) for p in report.pools),   # PoolNames -> contract
         artifacts=(Artifact(MODEL_FILE, "any", inputs, dtypes),),
         vocab_size=vocab if isinstance(vocab, int) else None, max_position=max_position(model, source),
-        abi=_abi_note(options.layout),
+        abi=_abi_note(options.layout, report.logits), logits=report.logits,
     )
     return Manifest(**{**fields, **backend_fields})
 
@@ -195,7 +211,7 @@ def _mxr_manifest(source: Path, model: ir.Model, report: RewriteReport, num_bloc
                      standard_artifacts=tuple(standard), standard=plan.standard_note)
 
 
-def _abi_note(layout: str) -> dict:
+def _abi_note(layout: str, logits: str) -> dict:
     combined = layout == "combined"
     return {
         "null_block": 0,
@@ -206,6 +222,8 @@ def _abi_note(layout: str) -> dict:
         "context_lens": "[batch] int32: tokens in the cache after this step",
         "position_ids": "[batch, seq] int64: absolute position of each new token",
         "visible": "key j is visible to the query at position p iff j <= p and j < context_lens[b]",
+        "logits": "[batch, 1, vocab]: each row's last new token (the first maximum of its position_ids)"
+        if logits == "last" else "[batch, seq, vocab]: every new token",
     }
 
 

@@ -69,7 +69,7 @@ def format_report(report: BenchReport) -> str:
     for result in report.models:
         kind, pool = result.kind, result.pool
         lines += [f"Model: {kind.path}", f"Model type: {TITLES[kind.kind]}, {kind.backend}, "
-                  + (f"buckets {'; '.join(kind.buckets)}" if kind.buckets else "dynamic shapes")]
+                  + (f"buckets {'; '.join(kind.buckets)}" if kind.buckets else "dynamic shapes") + kind.logits_note]
         if pool:
             lines.append(f"Pool: {pool['num_blocks']} blocks x {pool['block_size']} tokens per layer, "
                          f"{pool['bytes'] / 2**20:.1f} MiB in all")

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from pagedc.build.compile import DEVICES, TARGETS, CompileOptions, compile_model
+from pagedc.manifest_schema import LOGITS
 from pagedc.passes.paged import LAYOUTS
 
 _UNITS = {"": 1, "B": 1, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40,
@@ -39,6 +40,12 @@ class ByteSize(click.ParamType):
               help="Memory for all KV pools together; sets the number of blocks unless --num-blocks is given.")
 @click.option("--layout", type=click.Choice(LAYOUTS), default="separate", show_default=True,
               help="One K and one V pool per layer, or one combined pool holding both.")
+@click.option("--logits", type=click.Choice(LOGITS), default="last", show_default=True,
+              help="last: the lm_head runs on each sequence's last new token only, logits [B, 1, V] (what "
+                   "generation samples from; a long prefill skips most of the lm_head); all: on every new "
+                   "token, logits [B, S, V] (for code that reads every position: prompt scoring, `pagedc verify` "
+                   "of every prompt token). Where pagedc cannot find the lm_head "
+                   "with certainty it keeps all, says why, and the manifest records which.")
 @click.option("--target", type=click.Choice(TARGETS), default="auto", show_default=True,
               help="mxr: MIGraphX .mxr per shape bucket; onnx: one ONNX Runtime model; "
                    "auto: mxr when `import migraphx` works, else onnx.")
@@ -72,6 +79,7 @@ def compile_command(model: Path, out_dir: Path | None, force: bool, **settings) 
       pagedc compile model.onnx                          # -> model.paged/ (MIGraphX if installed)
       pagedc compile model.onnx -o out --block-size 32 --kv-memory 2GiB --target onnx
       pagedc compile model.onnx --layout combined --num-blocks 1024
+      pagedc compile model.onnx --logits all             # logits of every prompt token, not only the last
       pagedc compile model.onnx --target mxr --device gpu --batch 1 --batch 8 --prefill-len 128 --prefill-len 1024
       pagedc compile model.onnx --target mxr --max-context 4096 --fp16 --emit-standard
     """

@@ -31,6 +31,8 @@ def verify_command(paged: Path, standard: Path, batch, prompt_len, decode_steps,
     through both, the paged side on shuffled, non-contiguous blocks; the logits
     of every step are compared at three tolerance tiers (atol, rtol):
     tight (1e-5, 1e-4), medium (1e-4, 1e-3), loose (1e-3, 1e-2).
+    Those of every new token, or, where PAGED was compiled with `--logits last`
+    (what it computes), of each sequence's last new token at every step.
     Exit 0 when the chosen tier passes, 1 otherwise.
 
     \b
@@ -47,7 +49,10 @@ def verify_command(paged: Path, standard: Path, batch, prompt_len, decode_steps,
 
 
 def _table(report: VerifyReport) -> str:
+    compared = ("logits of each sequence's last new token (the paged model computes only those: --logits last)"
+                if report.logits == "last" else "logits of every new token")
     lines = [f"paged {report.paged} vs standard {report.standard}; prompts of {report.prompt_lens} tokens",
+             f"compared per step: {compared}",
              f"{'step':>5} {'values':>8} {'max abs':>10} {'mean abs':>10} {'max rel':>10} "
              + " ".join(f"{t + ' miss':>11}" for t in TIERS) + f" {'greedy':>7}"]
     for s in report.steps:

@@ -7,6 +7,11 @@
     per step: max/mean |paged - standard|, max relative difference, mismatches per tolerance tier,
               greedy-token agreement
 
+What is compared is what the artifact produces: every new token's logits, or,
+for an artifact compiled with `--logits last` (manifest logits "last"), the
+last new token of each sequence at every step (prefill and decode) against the
+same rows of the standard model. The report says which (`logits`).
+
 Tolerance tiers (atol, rtol), as in MIGraphX's paged-attention examples:
 tight (1e-5, 1e-4), medium (1e-4, 1e-3), loose (1e-3, 1e-2). A value
 mismatches a tier when |paged - standard| > atol + rtol * |standard|.
@@ -55,6 +60,7 @@ class VerifyReport:
     prompt_lens: list[int]
     steps: list[StepComparison] = field(default_factory=list)
     source_matches: bool | None = None   # STANDARD's sha256 is the manifest's source_sha256 (None: not a .onnx)
+    logits: str = "all"                  # rows compared: "all" new tokens, or each sequence's "last" new token
 
     @property
     def passed(self) -> bool:
@@ -72,7 +78,10 @@ def verify(paged: str | Path, standard: str | Path, *, batch: int = 2, prompt_le
     prompts = seeded_prompts(batch, prompt_len, manifest.vocab_size or _vocab(standard), seed)
     expected, tokens = _run_standard(reference, prompts, decode_steps)
     got = _run_paged(manifest, directory, prompts, tokens, seed)
-    report = VerifyReport(str(paged), str(standard), tier, [len(p) for p in prompts], source_matches=source_matches)
+    if manifest.logits == "last":     # the artifact computes each sequence's last new token only
+        expected = [[rows[-1:] for rows in step] for step in expected]
+    report = VerifyReport(str(paged), str(standard), tier, [len(p) for p in prompts], source_matches=source_matches,
+                          logits=manifest.logits)
     for step, (want, have) in enumerate(zip(expected, got)):
         report.steps.append(compare(step, have, want))
     return report
@@ -200,8 +209,9 @@ def _run_paged(manifest: Manifest, directory: Path, prompts: list[list[int]], to
     for new in [prompts] + tokens:
         new = [n if isinstance(n, list) else [n] for n in new]
         steps = [manager.append(i, len(toks), toks) for i, toks in enumerate(new)]
-        step_logits = session.run(step_feeds(steps, manifest.block_size, layout=manifest.layout))   # [B, S, V]
-        logits.append([step_logits[i, : len(toks)] for i, toks in enumerate(new)])
+        step_logits = session.run(step_feeds(steps, manifest.block_size, layout=manifest.layout))   # [B, S | 1, V]
+        rows = [1 if manifest.logits == "last" else len(toks) for toks in new]
+        logits.append([step_logits[i, :n] for i, n in enumerate(rows)])
     return logits
 
 

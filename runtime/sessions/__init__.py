@@ -2,8 +2,9 @@
 
     open_session(manifest, directory, options) -> OrtPagedSession | BucketedPagedSession (MIGraphX: load_mxr_session)
 
-Both take a step's feeds (`run(feeds) -> logits [B, S, V]`), own the pools,
-and apply block copies (`copy_blocks`). ONNX Runtime: one dynamic artifact,
+Both take a step's feeds (`run(feeds) -> logits [B, S, V]`, or [B, 1, V] where
+the manifest's logits is "last"), own the pools, and apply block copies
+(`copy_blocks`). ONNX Runtime: one dynamic artifact,
 pools bound in place with IOBinding (ort.py). MIGraphX: one static program
 per shape bucket, inputs padded up to the smallest bucket that fits
 (bucketed.py, mxr.py, mxr_program.py); the host keeps the pools and feeds each

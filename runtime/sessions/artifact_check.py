@@ -7,6 +7,8 @@ in the first step. Checked when the session is built, one line per problem:
     model.onnx does not match manifest.json (2 problem(s)):
       - pool input 'key_cache.0' has dims [?, 2, 4, 16], the manifest's pool shape is [32, 4, 4, 16]
       - output 'logits' has 97 columns, the manifest's vocab_size is 50
+      - output 'logits' is ['batch_size', 'sequence_length', 50] (every new token), the manifest's logits
+        is 'last' ([B, 1, V])
 
 MIGraphX programs are checked the same way by pagedc.runtime.sessions.mxr_program.
 """
@@ -64,4 +66,10 @@ def _output_problems(manifest: Manifest, outputs: dict) -> list[str]:
     columns = logits.shape[-1] if logits.shape else None
     if manifest.vocab_size and isinstance(columns, int) and columns != manifest.vocab_size:
         problems.append(f"output 'logits' has {columns} columns, the manifest's vocab_size is {manifest.vocab_size}")
+    rows = logits.shape[1] if logits.shape and len(logits.shape) == 3 else None
+    if rows is not None and (rows == 1) != (manifest.logits == "last"):
+        kind = "each row's last new token" if rows == 1 else "every new token"
+        expected = "[B, 1, V]" if manifest.logits == "last" else "[B, S, V]"
+        problems.append(f"output 'logits' is {list(logits.shape)} ({kind}), the manifest's logits is "
+                        f"'{manifest.logits}' ({expected})")
     return problems

@@ -1,12 +1,12 @@
 """A paged session over static-shape artifacts: pick the bucket, pad, run, carry the pools.
 
-Same interface as OrtPagedSession: `run(feeds) -> logits [B, S, V]`, `pools`,
-`copy_blocks`. One step:
+Same interface as OrtPagedSession: `run(feeds) -> logits [B, S, V]` ([B, 1, V] with
+manifest logits "last"), `pools`, `copy_blocks`. One step:
 
     step = shape of feeds (B, S, MB)   ->  smallest artifact that fits (runtime.buckets)
     pad feeds to the artifact          ->  step pools: the step's blocks of every pool (runtime.mxr_pools)
     run(inputs + step pools)           ->  outputs in artifact.outputs order
-    new K/V rows -> the host pools     ->  logits sliced back to [B, S, V] (copied, as ORT's are)
+    new K/V rows -> the host pools     ->  logits sliced back to [B, S, V] | [B, 1, V] (copied, as ORT's are)
 
 NOTE: MIGraphX's ScatterND returns a new buffer instead of updating the pool
 input (DESIGN.md §7); a program over the whole pool would copy all of it every
@@ -53,7 +53,8 @@ class BucketedPagedSession:
         self.last_artifact: Artifact | None = None
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        """One step: input_ids and the paged ABI inputs, any B, S, MB a bucket fits; returns logits [B, S, V]."""
+        """One step: input_ids and the paged ABI inputs, any B, S, MB a bucket fits; returns logits [B, S, V]
+        (manifest logits "last": [B, 1, V])."""
         step = step_shape(feeds)
         artifact = select_artifact(self.manifest.artifacts, step)
         inputs = pad_feeds(feeds, artifact)
@@ -74,7 +75,8 @@ class BucketedPagedSession:
             else:
                 self.pools[name] = outputs[out]          # the next step reads the pools this one returned
         self.last_artifact = artifact
-        return np.array(unpad_logits(outputs[LOGITS], step))   # a copy: result buffers may be reused by the backend
+        # a copy: result buffers may be reused by the backend
+        return np.array(unpad_logits(outputs[LOGITS], step, self.manifest.logits))
 
     def copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
         """Copy whole blocks (src -> dst) in every pool (copy-on-write)."""

@@ -16,7 +16,8 @@ Worked example, block_size 4, bucket decode [B=2, 1] with MB=3, a step of one
 sequence at position 5 in blocks [7, 2]:
     block_table [[7, 2]] -> [[7, 2, 0], [0, 0, 0]]    slot_mapping [9] -> [9, 0]
     context_lens [6] -> [6, 0]                         position_ids [[5]] -> [[5], [0]]
-and logits [2, 1, V] are sliced back to [1, 1, V].
+and logits [2, 1, V] are sliced back to [1, 1, V]. (A manifest with logits
+"last" has [B', 1, V] from every bucket: only the batch rows are cut.)
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ def _pad_zeros(array: np.ndarray, target: list[int], name: str) -> np.ndarray:
     return out
 
 
-def unpad_logits(logits: np.ndarray, step: Bucket) -> np.ndarray:
-    """[B', S', V] of the bucket -> [B, S, V] of the step (a view)."""
-    return logits[: step.batch, : step.seq_len]
+def unpad_logits(logits: np.ndarray, step: Bucket, which: str = "all") -> np.ndarray:
+    """[B', S', V] of the bucket -> [B, S, V] of the step (a view); `which` "last" (the manifest's logits):
+    [B', 1, V] -> [B, 1, V]."""
+    return logits[: step.batch] if which == "last" else logits[: step.batch, : step.seq_len]

@@ -67,7 +67,8 @@ class OrtPagedSession:
         self._num_pool_outputs = sum(len(p.outputs) for p in manifest.pools)
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        """One step: feeds hold input_ids and the paged ABI inputs; returns logits [B, S, V]."""
+        """One step: feeds hold input_ids and the paged ABI inputs; returns logits [B, S, V]
+        (manifest logits "last": [B, 1, V], each row's last new token)."""
         for name, array in feeds.items():
             if name in self.input_names:
                 self._binding.bind_cpu_input(name, array)

@@ -57,9 +57,11 @@ def _lower_all(models: dict[str, tuple], weights, out_dir: Path) -> tuple[list[A
 
 
 def static_paged_session(dense: Path, out_dir: Path, buckets: list[Bucket], *, layout: str, block_size: int,
-                         num_blocks: int, max_context: int, step_pools: bool = True) -> BucketedPagedSession:
-    """step_pools=False: programs over the whole pool, as pagedc compiled them before step pools."""
-    model, report = rewrite_to_paged(load_model(dense), block_size=block_size, layout=layout)
+                         num_blocks: int, max_context: int, step_pools: bool = True,
+                         last_logits: bool = False) -> BucketedPagedSession:
+    """step_pools=False: programs over the whole pool, as pagedc compiled them before step pools;
+    last_logits: the lm_head on each row's last new token (--logits last)."""
+    model, report = rewrite_to_paged(load_model(dense), block_size=block_size, layout=layout, last_logits=last_logits)
     max_blocks = math.ceil(max_context / block_size)
     is_combined = layout == "combined"
     lowered = {f"{b.name}.onnx": (lower_paged(model, b, max_blocks=max_blocks, num_blocks=step_pool_blocks(
@@ -70,7 +72,7 @@ def static_paged_session(dense: Path, out_dir: Path, buckets: list[Bucket], *, l
         num_heads=report.num_heads, num_kv_heads=report.num_kv_heads, head_dim=report.head_dim, kv_dtype="float32",
         block_size=block_size, num_blocks=num_blocks, layout=layout,
         pools=tuple(LayerPools(p.layer, tuple(p.inputs), tuple(p.outputs)) for p in report.pools),
-        artifacts=tuple(artifacts), max_context=max_context,
+        artifacts=tuple(artifacts), max_context=max_context, logits=report.logits,
         backend_options={"weights": note, **({"pools": STEP_POOLS} if step_pools else {})})
     weights = ProgramWeights.of(manifest, out_dir)
     runners = {a.path: ort_runner(out_dir / a.path, a.outputs, weights) for a in artifacts}

@@ -40,6 +40,8 @@ How each case ends now (exit code: first line of the message; `...` = paths):
 | generate DIR, backend tensorrt / format_version 2 | 1: Error: ...: field 'backend' must be one of onnxruntime, migraphx ... / format_version 2 is not supported ... |
 | generate DIR, num_kv_heads / head_dim / block_size edited | 1: Error: .../model.onnx does not match manifest.json (N problem(s)): (pool dims named) |
 | generate DIR, vocab_size edited | 1: Error: .../model.onnx does not match manifest.json ... output 'logits' has 97 columns ... |
+| generate DIR, logits "all" edited in (a --logits last compile) | 1: Error: .../model.onnx does not match manifest.json ... output 'logits' is [...] (each row's last new token) ... |
+| generate DIR, logits "first" | 1: Error: ...: field 'logits' must be one of last, all, got 'first' ... |
 | generate DIR, artifact path ../../etc/passwd or /etc/passwd | 1: Error: ...: field 'artifacts[0].path' must be a relative path inside the directory ... |
 | generate DIR, artifact path a symlink out of DIR | 1: Error: ...: field 'artifacts[0].path' must be a path that stays inside the directory ... |
 | generate DIR, num_blocks edited past the machine's memory | 1: Error: DIR: the KV pools need N GiB, this machine has N GiB available (of N GiB): about N blocks fit ... |
@@ -302,6 +304,9 @@ def _edit(directory: Path, **changes) -> None:
     ({"head_dim": 32}, "pool input 'key_cache.0' has dims [?, 2, 4, 16], the manifest's pool shape is [80, 2, 4, 32]"),
     ({"block_size": 8}, "the manifest's pool shape is [80, 2, 8, 16]"),
     ({"vocab_size": 50}, "output 'logits' has 97 columns, the manifest's vocab_size is 50"),
+    ({"logits": "all"}, "output 'logits' is ['batch_size', 1, 97] (each row's last new token), the manifest's "
+                        "logits is 'all' ([B, S, V])"),
+    ({"logits": "first"}, "field 'logits' must be one of last, all, got 'first'"),
     ({"artifact_path": "../../etc/passwd"}, "field 'artifacts[0].path' must be a relative path inside the directory"),
     ({"artifact_path": "/etc/passwd"}, "field 'artifacts[0].path' must be a relative path inside the directory"),
     ({"num_blocks": 99_999_999}, "this machine has"),

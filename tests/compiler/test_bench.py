@@ -59,7 +59,7 @@ def test_compile_outputs_are_paged_of_their_layout_by_any_of_their_paths(compile
         found = detect(path)
         assert (found.kind, found.backend, found.buckets) == (kind, "onnxruntime", ())
         assert found.max_positions == DecoderConfig.max_position_embeddings   # the rotary table's rows
-    assert detect(out).title == f"Paged ({layout} K/V), onnxruntime, dynamic shapes"
+    assert detect(out).title == f"Paged ({layout} K/V), onnxruntime, dynamic shapes, logits of the last new token only"
 
 
 @pytest.mark.parametrize("form", ["decomposed", "gqa"])
@@ -114,7 +114,8 @@ def test_mxr_compile_outputs_bench_paged_and_standard(dense_model, tmp_path):
     assert (detect(paged).kind, detect(standard).kind) == (PAGED_SEPARATE, STANDARD)
     result = _run(paged, standard, *FAST, "--json")
     assert result.exit_code == 0, result.output
-    assert [m["kind"] for m in json.loads(result.stdout)["models"]] == [PAGED_SEPARATE, STANDARD]
+    models = json.loads(result.stdout)["models"]
+    assert [(m["kind"], m["logits"]) for m in models] == [(PAGED_SEPARATE, "last"), (STANDARD, "all")]
 
 
 def test_json_report_fields(compiled, dense_model):
@@ -126,6 +127,7 @@ def test_json_report_fields(compiled, dense_model):
                                  "warmup": 1, "threads": 0, "seed": 0}
     models = report["models"]
     assert [m["kind"] for m in models] == [PAGED_SEPARATE, PAGED_COMBINED, STANDARD]
+    assert [m["logits"] for m in models] == ["last", "last", "all"]
     manifest = Manifest.read(out)
     assert models[0]["pool"] == {"num_blocks": 64, "block_size": 4, "bytes": manifest.bytes_per_block() * 64}
     assert models[2]["pool"] is None
@@ -146,7 +148,7 @@ def test_table_prints_each_model_then_each_phase(compiled, dense_model):
     result = _run(compiled("decomposed"), dense_model("decomposed"), *FAST, "--prefill-len", "0")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[1] == "Model type: Paged (separate K/V), onnxruntime, dynamic shapes"
+    assert lines[1] == "Model type: Paged (separate K/V), onnxruntime, dynamic shapes, logits of the last new token only"
     assert lines[2] == "Pool: 64 blocks x 4 tokens per layer, 0.1 MiB in all"
     assert lines[4] == "Model type: Standard (dense KV cache), onnxruntime, dynamic shapes"
     assert lines[6] == "=== Decode [B=1, 1] x 3 steps at context 12; 2 rounds after 1 warm-up ==="

@@ -96,10 +96,54 @@ def test_existing_output_needs_force_and_force_replaces_only_compile_outputs(tmp
     (["--kv-memory", "lots"], "is not a size"),
     (["--block-size", "0"], "0 is not in the range x>=1"),
     (["--layout", "interleaved"], "'interleaved' is not one of"),
+    (["--logits", "first"], "Invalid value for '--logits': 'first' is not one of 'last', 'all'"),
 ])
 def test_bad_options_are_usage_errors(dense_model, tmp_path, args, message):
     result = _run("compile", dense_model("decomposed"), "-o", tmp_path / "out", *args)
     assert result.exit_code == 2 and message in result.stderr
+
+
+@pytest.mark.parametrize("args,logits,rows", [([], "last", 1), (["--logits", "all"], "all", "sequence_length")])
+def test_logits_option_sets_the_output_and_the_manifest(tmp_path, dense_model, args, logits, rows):
+    out = tmp_path / "out"
+    result = _run("compile", dense_model("gqa"), "-o", out, "--target", "onnx", *args)
+    assert result.exit_code == 0, result.output
+    said = {"last": "logits: each row's last new token only, [B, 1, V]",
+            "all": "logits: every new token, [B, S, V] (--logits all)"}
+    assert said[logits] in result.stderr
+    manifest = Manifest.read(out)
+    assert manifest.logits == logits and manifest.abi["logits"].startswith("[batch, 1, vocab]" if rows == 1 else
+                                                                        "[batch, seq, vocab]")
+    shape = onnx.load(str(out / "model.onnx"), load_external_data=False).graph.output[0].type.tensor_type.shape
+    assert [d.dim_value or d.dim_param for d in shape.dim] == ["batch_size", rows, 97]
+
+
+def test_an_lm_head_not_found_keeps_every_token_and_says_why(tmp_path, dense_model):
+    model = onnx.load(str(dense_model("decomposed")))
+    producer = next(n for n in model.graph.node if "logits" in n.output)
+    producer.output[list(producer.output).index("logits")] = "raw_logits"
+    model.graph.node.append(onnx.helper.make_node("LogSoftmax", ["raw_logits"], ["logits"], name="log_probs"))
+    source = tmp_path / "log_probs.onnx"
+    onnx.save(model, str(source))
+    result = _run("compile", source, "-o", tmp_path / "out", "--target", "onnx")
+    assert result.exit_code == 0, result.output
+    assert ("logits stay per token, [B, S, V]: the lm_head was not found with certainty (LogSoftmax 'log_probs' "
+            "between the lm_head and 'logits' is not an op") in result.stderr
+    assert Manifest.read(tmp_path / "out").logits == "all"
+
+
+def test_a_manifest_without_logits_reads_as_all(tmp_path, dense_model):
+    """Directories compiled before --logits hold every token's logits; their manifests have no such field."""
+    out = tmp_path / "out"
+    assert _run("compile", dense_model("decomposed"), "-o", out, "--target", "onnx", "--logits", "all").exit_code == 0
+    data = json.loads((out / FILENAME).read_text())
+    del data["logits"]
+    (out / FILENAME).write_text(json.dumps(data))
+    assert Manifest.read(out).logits == "all"
+    data["logits"] = "first"
+    (out / FILENAME).write_text(json.dumps(data))
+    with pytest.raises(ManifestError, match="field 'logits' must be one of last, all, got 'first'"):
+        Manifest.read(out)
 
 
 def test_manifest_of_unknown_version_is_refused(tmp_path, dense_model):

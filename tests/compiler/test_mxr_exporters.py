@@ -35,7 +35,8 @@ STANDARD_GAPS = {
 @pytest.mark.parametrize("arch,exporter", EXPORTS)
 def test_lowered_exports_pass_the_check(exported_model_factory, arch, exporter):
     path = exported_model_factory(arch, exporter)
-    paged, _ = rewrite_to_paged(load_model(path), block_size=BLOCK_SIZE)
+    paged, report = rewrite_to_paged(load_model(path), block_size=BLOCK_SIZE, last_logits=True)   # compile's default
+    assert report.logits == "last"
     for bucket in BUCKETS:
         assert check_for_migraphx(lower_paged(paged, bucket, max_blocks=8, num_blocks=NUM_BLOCKS)) == []
     if (arch, exporter) in STANDARD_GAPS:

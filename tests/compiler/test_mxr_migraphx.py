@@ -29,7 +29,7 @@ def _compile(source, out, **changes):
 def test_paged_mxr_verifies_against_its_standard_mxr_and_the_source(dense_model, tmp_path, form, layout):
     source = dense_model(form)
     manifest = _compile(source, tmp_path / "out", layout=layout)
-    assert manifest.backend_options["pools"] == "step_blocks"
+    assert manifest.backend_options["pools"] == "step_blocks" and manifest.logits == "last"
     weights = manifest.backend_options["weights"]
     assert (tmp_path / "out" / weights["file"]).is_file() and "model.embed_tokens.weight" in weights["tensors"]
     for standard in (tmp_path / "out" / "standard_decode_b1.mxr", source):
@@ -68,6 +68,18 @@ def test_generate_on_mxr_gives_the_onnx_runtime_tokens(dense_model, tmp_path):
         # the second round finds the prompts' full blocks in the prefix cache
         tokens[name] = [engine.generate(PROMPTS, max_new_tokens=6) for _ in range(2)]
     assert tokens["mxr"] == tokens["ort"] and tokens["mxr"][0] == tokens["mxr"][1]
+
+
+def test_last_token_logits_on_mxr_give_the_tokens_of_all_positions(dense_model, tmp_path):
+    """ArgMax, GatherND(batch_dims=1) and Unsqueeze through MIGraphX's parser and ref target."""
+    source = dense_model("decomposed")
+    tokens = {}
+    for logits in ("last", "all"):
+        manifest = _compile(source, tmp_path / logits, emit_standard=False, logits=logits)
+        assert manifest.logits == logits
+        engine = Engine(manifest, tmp_path / logits)
+        tokens[logits] = engine.generate(PROMPTS, max_new_tokens=6)
+    assert tokens["last"] == tokens["all"]
 
 
 def test_forked_samples_on_mxr_copy_on_write_and_match_onnx_runtime(dense_model, tmp_path):

@@ -79,3 +79,29 @@ def test_manager_steps_pick_the_smallest_bucket_and_match(dense_model, tmp_path)
         want = DenseRunner(dense).run(prompt + decode, [len(prompt), 1, 1, 1])
         for step_got, step_want in zip(got[b], want):
             np.testing.assert_allclose(step_got, step_want, atol=PAGED_ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("form,layout", [("decomposed", "combined"), ("gqa", "separate")])
+def test_static_buckets_with_last_token_logits_match_the_dense_last_rows(dense_model, tmp_path, form, layout):
+    """--logits last lowered for MIGraphX: [B', 1, V] from every bucket, batch padding cut off, each row's last
+    new token equal to the dense model's; the extra padding rows of the bucket (positions 0) are harmless."""
+    dense = dense_model(form)
+    buckets = [Bucket("prefill", 4, 8), Bucket("decode", 4, 1)]
+    paged = static_paged_session(dense, tmp_path, buckets, layout=layout, block_size=BLOCK_SIZE,
+                                 num_blocks=NUM_BLOCKS, max_context=MAX_CONTEXT, last_logits=True)
+    assert paged.manifest.logits == "last"
+    manager = PagedKVCacheManager(NUM_BLOCKS, BLOCK_SIZE, layout)
+    manager.shuffle_free_blocks(3)
+    for seq_id in range(len(PROMPTS)):
+        manager.add(seq_id)
+    got = [[] for _ in PROMPTS]
+    for tokens in [PROMPTS] + [[d[i : i + 1] for d in DECODE] for i in range(3)]:
+        logits = paged.run(step_feeds([manager.append(b, len(row), row) for b, row in enumerate(tokens)],
+                                      BLOCK_SIZE, layout=layout))
+        assert logits.shape == (len(PROMPTS), 1, 97)
+        for b in range(len(PROMPTS)):
+            got[b].append(logits[b, 0])
+    for b, (prompt, decode) in enumerate(zip(PROMPTS, DECODE)):
+        want = DenseRunner(dense).run(prompt + decode, [len(prompt), 1, 1, 1])
+        for step_got, step_want in zip(got[b], want):
+            np.testing.assert_allclose(step_got, step_want[-1], atol=PAGED_ATOL, rtol=0)

@@ -21,32 +21,37 @@ def _run(*args):
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory, dense_model):
-    def build(form: str, layout: str = "separate"):
+    def build(form: str, layout: str = "separate", logits: str = "all"):
         out = tmp_path_factory.mktemp("verify") / "paged"
-        compile_model(dense_model(form), out, CompileOptions(block_size=4, layout=layout, num_blocks=64))
+        compile_model(dense_model(form), out, CompileOptions(block_size=4, layout=layout, num_blocks=64, logits=logits))
         return out, dense_model(form)
     return build
 
 
+@pytest.mark.parametrize("logits", ["all", "last"])
 @pytest.mark.parametrize("layout", ["separate", "combined"])
 @pytest.mark.parametrize("form", ["decomposed", "gqa", "attention", "mha"])
-def test_verify_passes_at_the_tight_tier(compiled, form, layout):
-    paged, dense = compiled(form, layout)
+def test_verify_passes_at_the_tight_tier(compiled, form, layout, logits):
+    paged, dense = compiled(form, layout, logits)
     result = _run("verify", paged, dense, "--batch", "3", "--decode-steps", "6", "--tier", "tight")
     assert result.exit_code == 0, result.output
     lines = result.stdout.strip().splitlines()
-    assert len(lines) == 3 + 7 and lines[-1] == "PASS at tier tight; greedy tokens agree 21/21"
+    assert len(lines) == 4 + 7 and lines[-1] == "PASS at tier tight; greedy tokens agree 21/21"
+    assert lines[1] == "compared per step: " + ("logits of every new token" if logits == "all" else
+                                                "logits of each sequence's last new token (the paged model "
+                                                "computes only those: --logits last)")
 
 
-def test_verify_json_report(compiled):
-    paged, dense = compiled("gqa")
+@pytest.mark.parametrize("logits,values", [("all", (16 + 12) * 97), ("last", 2 * 97)])
+def test_verify_json_report(compiled, logits, values):
+    paged, dense = compiled("gqa", logits=logits)
     result = _run("verify", paged / "manifest.json", dense, "--json", "--decode-steps", "2")
     assert result.exit_code == 0
     report = json.loads(result.stdout)
-    assert report["passed"] is True and report["prompt_lens"] == [16, 12]
+    assert report["passed"] is True and report["prompt_lens"] == [16, 12] and report["logits"] == logits
     assert [s["step"] for s in report["steps"]] == [0, 1, 2]
     assert set(report["steps"][0]["mismatches"]) == {"tight", "medium", "loose"}
-    assert report["steps"][0]["num_values"] == (16 + 12) * 97
+    assert report["steps"][0]["num_values"] == values and report["steps"][1]["num_values"] == 2 * 97
 
 
 def test_verify_catches_two_swapped_blocks(compiled, monkeypatch):
@@ -68,7 +73,7 @@ def test_verify_catches_two_swapped_blocks(compiled, monkeypatch):
 @pytest.mark.parametrize("arch,exporter", EXPORTS)
 def test_verify_passes_on_real_exports(exported_model_factory, tmp_path, arch, exporter):
     dense = exported_model_factory(arch, exporter)
-    compile_model(dense, tmp_path / "paged", CompileOptions(block_size=8, num_blocks=64))
+    compile_model(dense, tmp_path / "paged", CompileOptions(block_size=8, num_blocks=64, logits="all"))
     batch = "1" if exporter in BATCH_ONE else "3"   # a batch-1 export verifies one sequence at a time
     result = _run("verify", tmp_path / "paged", dense, "--batch", batch, "--decode-steps", "8")
     assert result.exit_code == 0, result.output
@@ -99,7 +104,7 @@ def test_seeded_prompts_are_ragged_and_reproducible():
 @pytest.mark.parametrize("form", ["decomposed", "gqa"])
 def test_fp16_models_verify_at_the_loose_tier(tmp_path, dense_model, form):
     dense = dense_model(form, dtype="float16")
-    compile_model(dense, tmp_path / "paged", CompileOptions(block_size=4, num_blocks=64))
+    compile_model(dense, tmp_path / "paged", CompileOptions(block_size=4, num_blocks=64, logits="all"))
     result = _run("verify", tmp_path / "paged", dense, "--tier", "loose", "--json")
     report = json.loads(result.stdout)
     assert result.exit_code == 0 and report["passed"], result.output

@@ -82,6 +82,6 @@ def test_ort_fused_dynamo_exports_page_exactly(exported_model_factory, tmp_path,
     fused = tmp_path / "fused.onnx"
     ir.save(model, str(fused), external_data="fused.onnx.data")
     assert {s.form for s in find_attention_sites(load_model(fused)).sites} == {"gqa"}
-    compile_model(fused, tmp_path / "paged", CompileOptions(block_size=8, num_blocks=64))
+    compile_model(fused, tmp_path / "paged", CompileOptions(block_size=8, num_blocks=64, logits="all"))
     report = verify(tmp_path / "paged", source, batch=3, decode_steps=6)
     assert report.passed, [(s.step, s.max_abs) for s in report.steps]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pagedc.build import CompileOptions, compile_model
-from pagedc.runtime import Engine, SamplingParams
+from pagedc.runtime import Engine, EngineOptions, SamplingParams
 from tests.conftest import BATCHED_EXPORTS
 from tests.paged_harness import DenseRunner
 
@@ -15,15 +15,16 @@ PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [3] * 9, [40, 41, 42, 43, 44]]
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory, dense_model):
-    """compiled(form, layout, num_blocks) -> (output dir, dense path), built once per module."""
+    """compiled(form, layout, num_blocks, logits) -> (output dir, dense path), built once per module."""
     cache = {}
 
-    def build(form: str, layout: str = "separate", num_blocks: int = 64):
-        key = (form, layout, num_blocks)
+    def build(form: str, layout: str = "separate", num_blocks: int = 64, logits: str = "last"):
+        key = (form, layout, num_blocks, logits)
         if key not in cache:
             out = tmp_path_factory.mktemp("compiled") / "model.paged"
             dense = dense_model(form)
-            compile_model(dense, out, CompileOptions(block_size=4, layout=layout, num_blocks=num_blocks))
+            compile_model(dense, out, CompileOptions(block_size=4, layout=layout, num_blocks=num_blocks,
+                                                     logits=logits))
             cache[key] = (out, dense)
         return cache[key]
 
@@ -41,6 +42,19 @@ def test_greedy_tokens_equal_the_dense_loop(compiled, form, layout, prompts):
     assert tokens == [runner.greedy(p, 16) for p in prompts]
     assert engine.manager.stats()["blocks_used"] == 0
     engine.manager.check_invariants()
+
+
+@pytest.mark.parametrize("layout", ["separate", "combined"])
+@pytest.mark.parametrize("form", ["decomposed", "gqa"])
+def test_last_token_logits_give_the_tokens_of_all_positions(compiled, form, layout):
+    """Ragged prompts in prefill chunks of at most 6 tokens (max_num_batched_tokens), decodes beside them."""
+    tokens = {}
+    for logits in ("last", "all"):
+        out, _ = compiled(form, layout, logits=logits)
+        engine = Engine.from_manifest(out, engine_options=EngineOptions(max_num_batched_tokens=6))
+        assert engine.manifest.logits == logits
+        tokens[logits] = engine.generate(PROMPTS, max_new_tokens=12)
+    assert tokens["last"] == tokens["all"]
 
 
 def test_a_pool_too_small_for_all_runs_requests_in_waves(compiled):

@@ -68,7 +68,7 @@ def test_mxr_session_matches_the_dense_model(dense_model, tmp_path):
     pytest.importorskip("migraphx", reason="MIGraphX (ROCm's Python module) is not installed; nothing to run")
     dense = dense_model("gqa")
     options = CompileOptions(target="mxr", device="ref", block_size=4, num_blocks=32, prefill_lens=(8,),
-                             batches=(1,), max_context=16)
+                             batches=(1,), max_context=16, logits="all")
     manifest = compile_model(dense, tmp_path / "out", options, progress=lambda _: None)
     session = load_mxr_session(manifest, tmp_path / "out")
     prompt, blocks = [5, 17, 3, 9, 60], [3, 1, 7, 2]     # shuffled, non-contiguous
