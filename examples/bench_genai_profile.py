@@ -9,8 +9,8 @@ closes, i.e. when the og.Model is freed. pagedc's SessionOptions has no
 profiling switch, so its side builds the runtime's own OrtPagedSession (same
 IOBinding, pools in place) while ort.SessionOptions has profiling on.
 
-Only decode runs count: the first `model_run` of a generation is the prefill
-and is dropped; node kernel times are summed per op type and divided by the
+Only decode runs count: the prefill runs (genai's one; pagedc's one per
+prompt chunk, as its engine counts them) are dropped; node kernel times are summed per op type and divided by the
 number of decode runs (ms per step).
 """
 
@@ -36,14 +36,16 @@ class OpShares:
     path: str
 
 
-def read_profile(path: Path) -> OpShares:
-    """Op-type kernel ms per decode run of an ORT profile JSON (the first model_run, the prefill, dropped)."""
+def read_profile(path: Path, prefill_runs: int = 1) -> OpShares:
+    """Op-type kernel ms per decode run of an ORT profile JSON (the first `prefill_runs` model_runs, the
+    prompt's chunks, dropped)."""
     events = json.loads(Path(path).read_text())
     runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
                   if e.get("cat") == "Session" and e.get("name") == "model_run")
-    if len(runs) < 2:
-        raise RuntimeError(f"{path}: {len(runs)} model_run event(s); expected a prefill and decode steps")
-    decode_runs = runs[1:]
+    if len(runs) <= prefill_runs:
+        raise RuntimeError(f"{path}: {len(runs)} model_run event(s); expected {prefill_runs} prefill run(s) "
+                           "and decode steps")
+    decode_runs = runs[prefill_runs:]
     starts = np.asarray([s for s, _ in decode_runs])
     totals: dict[str, float] = defaultdict(float)
     num_nodes = 0
@@ -87,11 +89,12 @@ def profile_paged(directory: Path, threads: int, prompts: np.ndarray, new_tokens
         session = OrtPagedSession(Manifest.read(directory), directory, SessionOptions(intra_op_threads=threads))
     side = PagedEngine("pagedc", directory, threads, prefix_caching=False, session=session)
     side.generate(prompts, new_tokens)
+    prefill_runs = side.engine.times.prefill.num_steps     # the prompt runs in chunks (max_prefill_chunk)
     path = session.session.end_profiling()
     if not path:
         raise RuntimeError("pagedc's OrtPagedSession did not profile: it no longer builds its options with "
                            "ort.SessionOptions(); give pagedc.runtime.SessionOptions a profiling switch")
-    return read_profile(Path(path))
+    return read_profile(Path(path), prefill_runs)
 
 
 @contextlib.contextmanager
