@@ -43,12 +43,15 @@ class EngineOptions:
     max_num_seqs: int = 64               # requests running at once
     max_num_batched_tokens: int = 2048   # tokens computed per step (decodes + prefill chunks)
     enable_prefix_caching: bool = True
-    max_prefill_chunk: int = 256         # prompt tokens one request computes per step; longer prompts go on next step
+    # Prompt tokens one request computes per step (longer prompts go on next step). None: the backend's
+    # default, DEFAULT_PREFILL_CHUNK on ONNX Runtime, the largest prefill bucket with static (MIGraphX) buckets.
+    max_prefill_chunk: int | None = None
 
     def __post_init__(self) -> None:
         require_int("EngineOptions.max_num_seqs", self.max_num_seqs, minimum=1)
         require_int("EngineOptions.max_num_batched_tokens", self.max_num_batched_tokens, minimum=1)
-        require_int("EngineOptions.max_prefill_chunk", self.max_prefill_chunk, minimum=1)
+        if self.max_prefill_chunk is not None:
+            require_int("EngineOptions.max_prefill_chunk", self.max_prefill_chunk, minimum=1)
         require_bool("EngineOptions.enable_prefix_caching", self.enable_prefix_caching)
 
 
@@ -244,23 +247,31 @@ class Engine:
         return prompt
 
 
+DEFAULT_PREFILL_CHUNK = 256   # ONNX Runtime (dynamic shapes): see _batch_limits
+
+
 def _batch_limits(manifest: Manifest, options: EngineOptions) -> dict:
     """Scheduler limits; static artifacts (MIGraphX buckets) cap batch and prefill chunk sizes to their shapes.
 
-    NOTE: prompt chunks are capped at max_prefill_chunk tokens per request even when the budget would take
-    a whole long prompt: chunk i attends only to the keys before it (causal), and its activations stay in
-    cache. Time to first token of a 200M-parameter Llama (ORT 1.32, 16-core host, 8 threads), chunks of
+    Prompt chunks: max_prefill_chunk tokens per request and step when given; by default DEFAULT_PREFILL_CHUNK
+    on ONNX Runtime, and with static buckets the largest prefill bucket (a shorter chunk would be padded up
+    to a bucket the compile chose).
+
+    NOTE: on ONNX Runtime prompt chunks are capped even when the budget would take a whole long prompt:
+    chunk i attends only to the keys before it (causal), and its activations stay in cache. Time to first token of a 200M-parameter Llama (ORT 1.32, 16-core host, 8 threads), chunks of
     2048 / 1024 / 512 / 256: prompt 2048 2.13 / 1.56 / 1.42 / 1.42 s, prompt 1024 0.69 / 0.68 / 0.63 / 0.60 s;
     at 2 threads, prompt 2048 5.8 / 4.3 / 3.8 / 3.5 s.
     """
+    chunk = options.max_prefill_chunk
     limits = {"max_num_seqs": options.max_num_seqs, "max_num_batched_tokens": options.max_num_batched_tokens,
-              "max_prefill_len": options.max_prefill_chunk}
+              "max_prefill_len": DEFAULT_PREFILL_CHUNK if chunk is None else chunk}
     static = [a for a in manifest.artifacts if a.phase in ("prefill", "decode")]
     if static:
         buckets = [a.bucket() for a in static]
+        longest = max(b.seq_len for b in buckets if b.phase == "prefill")
         limits["max_num_seqs"] = min(options.max_num_seqs, max(b.batch for b in buckets if b.phase == "decode"))
         limits["max_prefill_seqs"] = max(b.batch for b in buckets if b.phase == "prefill")
-        limits["max_prefill_len"] = min(options.max_prefill_chunk, max(b.seq_len for b in buckets if b.phase == "prefill"))
+        limits["max_prefill_len"] = longest if chunk is None else min(chunk, longest)
     return limits
 
 

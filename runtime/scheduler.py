@@ -57,7 +57,7 @@ class Scheduler:
     def __init__(self, manager: PagedKVCacheManager, max_num_seqs: int, max_num_batched_tokens: int,
                  max_prefill_seqs: int | None = None, max_prefill_len: int | None = None):
         """max_prefill_seqs / max_prefill_len: the largest prefill run [rows, tokens per row] a step may have
-        (EngineOptions.max_prefill_chunk, capped by the static buckets' shapes)."""
+        (EngineOptions.max_prefill_chunk or the backend's default, capped by the static buckets' shapes)."""
         self.manager = manager
         self.max_num_seqs, self.max_num_batched_tokens = max_num_seqs, max_num_batched_tokens
         self.max_prefill_seqs = max_prefill_seqs or max_num_seqs

@@ -24,9 +24,9 @@ from pagedc.runtime.sessions.mxr_program import MxrProgramError
               help="Requests running at once.")
 @click.option("--max-num-batched-tokens", type=click.IntRange(min=1), default=EngineOptions.max_num_batched_tokens,
               show_default=True, help="Tokens computed per engine step (decodes + prefill chunks).")
-@click.option("--max-prefill-chunk", type=click.IntRange(min=1), default=EngineOptions.max_prefill_chunk,
-              show_default=True, help="Prompt tokens one request computes per step; longer prompts continue "
-                                      "over the next steps (chunked prefill).")
+@click.option("--max-prefill-chunk", type=click.IntRange(min=1), default=None,
+              help="Prompt tokens one request computes per step; longer prompts continue over the next steps "
+                   "(chunked prefill).  [default: 256 on ONNX Runtime, the largest prefill bucket on MIGraphX]")
 @click.option("--chat-template", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="A jinja2 chat template to use instead of the model's.")
 @click.option("--shutdown-timeout", type=click.FloatRange(min=0), default=10.0, show_default=True,

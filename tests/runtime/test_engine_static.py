@@ -41,3 +41,17 @@ def test_requests_stop_at_the_compiled_context(dense_model, tmp_path):
     with pytest.raises(ValueError, match=r"prompt 0 has 17 tokens, more than the 16 this engine runs per sequence: "
                                          r"the compiled buckets span 16 tokens \(recompile with a larger --max-context\)"):
         engine.generate([list(range(1, 18))], max_new_tokens=1)
+
+
+def test_prompt_chunks_default_to_the_largest_prefill_bucket(dense_model, tmp_path):
+    """With static buckets a chunk shorter than a bucket would be padded up to it: the default chunk is the
+    largest prefill bucket (not ONNX Runtime's 256), and a max_prefill_chunk below it is kept as asked."""
+    session = static_paged_session(dense_model("gqa"), tmp_path, [Bucket("prefill", 1, 4), Bucket("prefill", 1, 8),
+                                   Bucket("decode", 1, 1)], layout="separate", block_size=4, num_blocks=48,
+                                   max_context=32)
+    limits = {chunk: Engine(session.manifest, tmp_path, engine_options=EngineOptions(max_prefill_chunk=chunk),
+                            session=session).scheduler.max_prefill_len for chunk in (None, 5, 100)}
+    assert limits == {None: 8, 5: 5, 100: 8}
+    engine = Engine(session.manifest, tmp_path, engine_options=EngineOptions(max_prefill_chunk=4), session=session)
+    assert engine.generate([PROMPTS[0]], max_new_tokens=3) == [DenseRunner(dense_model("gqa")).greedy(PROMPTS[0], 3)]
+    assert engine.times.prefill.num_steps == 3                                        # 11 tokens: 4 + 4 + 3

@@ -91,6 +91,7 @@ def test_prefill_chunks_are_capped_per_request_and_change_no_output(compiled):
         assert engine.times.prefill.num_tokens == len(prompt)
         assert engine.times.prefill.num_steps == -(-len(prompt) // cap)                # 5 chunks (5+5+5+5+4), or one
     assert runs[5] == runs[512]
+    assert _engine(path).scheduler.max_prefill_len == 256                            # ONNX Runtime's default
     assert _run_all(_engine(path, max_prefill_chunk=5), PROMPTS) == _run_all(_engine(path), PROMPTS)
 
 
