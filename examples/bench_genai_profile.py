@@ -10,8 +10,8 @@ profiling switch, so its side builds the runtime's own OrtPagedSession (same
 IOBinding, pools in place) while ort.SessionOptions has profiling on.
 
 Only decode runs count: the prefill runs (genai's one; pagedc's one per
-prompt chunk, as its engine counts them) are dropped; node kernel times are summed per op type and divided by the
-number of decode runs (ms per step).
+prompt chunk, as its engine counts them) are dropped; node kernel times are
+summed per op type and divided by the number of decode runs (ms per step).
 """
 
 from __future__ import annotations

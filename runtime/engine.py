@@ -258,9 +258,10 @@ def _batch_limits(manifest: Manifest, options: EngineOptions) -> dict:
     to a bucket the compile chose).
 
     NOTE: on ONNX Runtime prompt chunks are capped even when the budget would take a whole long prompt:
-    chunk i attends only to the keys before it (causal), and its activations stay in cache. Time to first token of a 200M-parameter Llama (ORT 1.32, 16-core host, 8 threads), chunks of
-    2048 / 1024 / 512 / 256: prompt 2048 2.13 / 1.56 / 1.42 / 1.42 s, prompt 1024 0.69 / 0.68 / 0.63 / 0.60 s;
-    at 2 threads, prompt 2048 5.8 / 4.3 / 3.8 / 3.5 s.
+    chunk i attends only to the keys before it (causal), and its activations stay in cache. Time to first
+    token of a 200M-parameter Llama (ORT 1.32, 16-core host, 8 threads), chunks of 2048 / 1024 / 512 / 256:
+    prompt 2048 2.13 / 1.56 / 1.42 / 1.42 s, prompt 1024 0.69 / 0.68 / 0.63 / 0.60 s; at 2 threads,
+    prompt 2048 5.8 / 4.3 / 3.8 / 3.5 s.
     """
     chunk = options.max_prefill_chunk
     limits = {"max_num_seqs": options.max_num_seqs, "max_num_batched_tokens": options.max_num_batched_tokens,
