@@ -26,7 +26,9 @@ then, with the same intra-op thread count on both sides (--threads):
    tests/exporters' optimum venv, built on first use: it pins transformers
    < 4.58) and compiled by pagedc, decode tok/s vs genai on its own export;
 4. --profile: ORT's per-node profile of decode steps (batch 1, first prompt
-   length), kernel ms per step by op type for both sides.
+   length), kernel ms per step by op type for both sides, and each side's
+   decode step with the profiler on and off: the profiler adds ~10 µs per
+   kernel, so a small op's kernel time is mostly the profiler's own.
 Ratios are pagedc / genai speeds (> 1: pagedc faster; prefill: genai time /
 pagedc time). Results go to stdout, progress to stderr. Exit 0 ok, 1 a step
 failed, 2 usage or missing packages.
