@@ -22,11 +22,12 @@ equal. The cut graphs are written next to the weights (ORT loads external
 data only from the model's own directory) and removed afterwards.
 
 NOTE: with more than one thread, each small op between two parallel sections
-costs more: ORT's workers spin after a parallel MatMul, and a tiny Add run
-then on the calling thread took 2.55 µs instead of 0.45 µs on the 2-core box
-(0.68 µs with spinning off, but the MatMuls then took twice as long). pagedc's
-attention is ~19 small ops per layer where genai's is one op, so comparing
---threads 1,2 in one run shows how much of its cost is that.
+costs more. ORT's workers spin after a parallel MatMul, and a tiny Add run
+meanwhile on the calling thread took 0.8-2.6 µs instead of 0.4 µs on the
+2-core box (the minimum and the median over runs; the medians vary from run
+to run). With spinning off it took 0.3 µs, but the MatMuls then took twice as
+long. pagedc's attention is ~19 small ops per layer where genai's is one op,
+so comparing --threads 1,2 in one run shows how much of its cost is that.
 """
 
 from __future__ import annotations
@@ -50,10 +51,13 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 2)[2],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", type=Path, required=True, help="bench_vs_genai.py --work directory (genai/, paged/)")
-    p.add_argument("--prompt", type=int, default=256, help="context before the new token (default 256)")
-    p.add_argument("--threads", default="1,2", help="intra-op thread counts, comma list (default 1,2)")
+    p.add_argument("--prompt", type=_counts, default=[256], help="context before the new token (default 256)")
+    p.add_argument("--threads", type=_counts, default=[1, 2], help="intra-op thread counts, comma list (default 1,2)")
     p.add_argument("--rounds", type=int, default=30, help="rounds of 20 runs per graph, taking turns (default 30)")
     args = p.parse_args(argv)
+    if len(args.prompt) != 1:
+        p.error("--prompt takes one length")
+    args.prompt = args.prompt[0]
     paged_dir, genai_dir = args.work / "paged", args.work / "genai"
     for d in (paged_dir, genai_dir):
         if not (d / "model.onnx").is_file():
@@ -63,9 +67,14 @@ def main(argv=None) -> int:
     if manifest.layout != "separate":
         print(f"error: {paged_dir} has {manifest.layout} K/V pools; this cut reads separate ones", file=sys.stderr)
         return 2
-    threads = [int(t) for t in args.threads.split(",")]
-    cut_paths = write_cuts(paged_dir, manifest)
+    if args.prompt // manifest.block_size + 1 > manifest.num_blocks - 1:
+        print(f"error: --prompt {args.prompt} needs {args.prompt // manifest.block_size + 1} blocks; {paged_dir} has "
+              f"{manifest.num_blocks - 1} usable: pick a shorter prompt", file=sys.stderr)
+        return 2
+    threads = args.threads
+    cut_paths = {"read only": paged_dir / "_cut_read.onnx", "no attention": paged_dir / "_cut_none.onnx"}
     try:
+        write_cuts(paged_dir, manifest, cut_paths)
         graphs = {}
         for t in threads:
             graphs[("genai", t)] = GenaiRun(genai_dir, args.prompt, t)
@@ -80,16 +89,24 @@ def main(argv=None) -> int:
     return 0
 
 
+def _counts(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
 # -- the cut graphs -----------------------------------------------------------------------------------------------
-def write_cuts(paged_dir: Path, manifest: Manifest) -> dict[str, Path]:
-    """paged_dir/_cut_read.onnx and _cut_none.onnx (weights stay in model.onnx.data, shared)."""
-    paths = {}
-    for name, keep_reads in (("read only", True), ("no attention", False)):
+def write_cuts(paged_dir: Path, manifest: Manifest, paths: dict[str, Path]) -> None:
+    """The "read only" and "no attention" cuts of paged_dir/model.onnx at `paths` (the weights stay in
+    model.onnx.data, shared)."""
+    for name, path in paths.items():
         model = onnx.load(paged_dir / "model.onnx", load_external_data=False)
-        cut_attention(model.graph, manifest, keep_reads)
-        paths[name] = paged_dir / f"_cut_{'read' if keep_reads else 'none'}.onnx"
-        onnx.save(model, paths[name])
-    return paths
+        cut_attention(model.graph, manifest, keep_reads=name == "read only")
+        onnx.save(model, path)
 
 
 def cut_attention(graph: onnx.GraphProto, manifest: Manifest, keep_reads: bool) -> None:
@@ -115,8 +132,8 @@ def cut_attention(graph: onnx.GraphProto, manifest: Manifest, keep_reads: bool) 
                                                                           [names[3]]))
         o_proj.input[0] = names[3]
         if keep_reads:
-            graph.output.extend(helper.make_tensor_value_info(r.output[0], onnx.TensorProto.FLOAT, None)
-                                for r in reads)
+            kv_type = helper.np_dtype_to_tensor_dtype(np.dtype(manifest.kv_dtype))
+            graph.output.extend(helper.make_tensor_value_info(r.output[0], kv_type, None) for r in reads)
     _prune(graph)
 
 
