@@ -45,6 +45,7 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from pagedc.manifest import Manifest
+from pagedc.runtime import SequenceStep, step_feeds
 
 
 def main(argv=None) -> int:
@@ -191,14 +192,13 @@ class PagedRun:
                 pool = ort.OrtValue.ortvalue_from_numpy(self.pools[-1])
                 self.binding.bind_ortvalue_input(name, pool)
                 self.binding.bind_ortvalue_output(out, pool)
-        bs = manifest.block_size
-        blocks = np.random.default_rng(0).permutation(np.arange(1, manifest.num_blocks))[:prompt // bs + 1]
-        feeds = {"input_ids": [[5]], "position_ids": [[prompt]], "block_table": [blocks],
-                 "slot_mapping": [blocks[prompt // bs] * bs + prompt % bs], "context_lens": [prompt + 1]}
-        types = {i.name: i.type for i in self.session.get_inputs()}
+        num_blocks = prompt // manifest.block_size + 1
+        blocks = np.random.default_rng(0).permutation(np.arange(1, manifest.num_blocks))[:num_blocks].tolist()
+        feeds = step_feeds([SequenceStep(blocks, [prompt], token_ids=(5,))], manifest.block_size)
+        names = {i.name for i in self.session.get_inputs()}
         for name, value in feeds.items():
-            if name in types:
-                self.binding.bind_cpu_input(name, np.asarray(value, np.int32 if "int32" in types[name] else np.int64))
+            if name in names:
+                self.binding.bind_cpu_input(name, value)
         pools = {o for layer in manifest.pools for o in layer.outputs}
         for out in self.session.get_outputs():
             if out.name not in pools:
